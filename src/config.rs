@@ -1,0 +1,321 @@
+//! Node settings. Each setting comes from, in order of precedence: a command-line flag, a
+//! `PIPEMESH_*` environment variable (both handled by clap), the TOML file named by `--config`,
+//! and finally the embedded default. Defaults let `pipemesh serve` run on a laptop unchanged.
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Errors while assembling the configuration.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The `--config` file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file named by `--config`.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The `--config` file is not valid TOML for our settings.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file named by `--config`.
+        path: PathBuf,
+        /// What the TOML parser said.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of its allowed range.
+    #[error("invalid setting {name}: {reason}")]
+    Invalid {
+        /// The setting's name, as in the TOML file.
+        name: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+/// The effective configuration of a node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// WebSocket signaling listener (protoo, mediasoup-demo v3 protocol). Also serves the demo page.
+    pub signaling_listen: SocketAddr,
+    /// One UDP and one TCP port shared by every WebRtcTransport.
+    pub rtc_listen: SocketAddr,
+    /// Address advertised in ICE candidates. When unset: the listen IP if it is specific,
+    /// otherwise the first non-loopback IPv4 address of the host, otherwise 127.0.0.1.
+    pub announced_address: Option<String>,
+    /// Admin HTTP listener (`/healthz`).
+    pub admin_listen: SocketAddr,
+    /// This node's id in the cluster. Defaults to the host name.
+    pub node_id: String,
+    /// Region label of this node.
+    pub region: String,
+    /// `tracing` filter, e.g. `info` or `pipemesh=debug,info`.
+    pub log: String,
+    /// Directory served at `/` on the signaling listener (the demo page), if it exists.
+    pub web_root: Option<PathBuf>,
+    /// Close a transport when no valid ICE consent check arrived for this many seconds.
+    pub consent_timeout_secs: u64,
+    /// Upper bound on peers per room.
+    pub max_peers_per_room: usize,
+    /// Upper bound on concurrent signaling connections.
+    pub max_signaling_connections: usize,
+    /// Initial outgoing bitrate estimate for consumers, bits per second.
+    pub initial_available_outgoing_bitrate: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            signaling_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 4443),
+            rtc_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 40000),
+            announced_address: None,
+            admin_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090),
+            node_id: default_node_id(),
+            region: "default".into(),
+            log: "info".into(),
+            web_root: None,
+            consent_timeout_secs: 30,
+            max_peers_per_room: 500,
+            max_signaling_connections: 10_000,
+            initial_available_outgoing_bitrate: 600_000,
+        }
+    }
+}
+
+/// Flags of `pipemesh serve`; each also reads a `PIPEMESH_*` environment variable.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (snake_case keys).
+    #[arg(long, env = "PIPEMESH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// WebSocket signaling listener [default: 0.0.0.0:4443]
+    #[arg(long, env = "PIPEMESH_SIGNALING_LISTEN", value_name = "ADDR:PORT")]
+    pub signaling_listen: Option<SocketAddr>,
+    /// UDP and TCP port for all WebRtcTransports [default: 0.0.0.0:40000]
+    #[arg(long, env = "PIPEMESH_RTC_LISTEN", value_name = "IP:PORT")]
+    pub rtc_listen: Option<SocketAddr>,
+    /// IP or host name advertised in ICE candidates [default: auto-detected]
+    #[arg(long, env = "PIPEMESH_ANNOUNCED_ADDRESS", value_name = "IP|HOST")]
+    pub announced_address: Option<String>,
+    /// Admin HTTP listener [default: 127.0.0.1:9090]
+    #[arg(long, env = "PIPEMESH_ADMIN_LISTEN", value_name = "ADDR:PORT")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Node id [default: host name]
+    #[arg(long, env = "PIPEMESH_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Region label [default: default]
+    #[arg(long, env = "PIPEMESH_REGION")]
+    pub region: Option<String>,
+    /// Log filter [default: info]
+    #[arg(long, env = "PIPEMESH_LOG")]
+    pub log: Option<String>,
+    /// Directory served at / on the signaling listener (demo page)
+    #[arg(long, env = "PIPEMESH_WEB_ROOT")]
+    pub web_root: Option<PathBuf>,
+    /// Seconds without ICE consent before a transport closes [default: 30]
+    #[arg(long, env = "PIPEMESH_CONSENT_TIMEOUT_SECS")]
+    pub consent_timeout_secs: Option<u64>,
+    /// Maximum peers per room [default: 500]
+    #[arg(long, env = "PIPEMESH_MAX_PEERS_PER_ROOM")]
+    pub max_peers_per_room: Option<usize>,
+    /// Maximum concurrent signaling connections [default: 10000]
+    #[arg(long, env = "PIPEMESH_MAX_SIGNALING_CONNECTIONS")]
+    pub max_signaling_connections: Option<usize>,
+}
+
+impl Config {
+    /// Reads a TOML file into a config; missing keys take their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Parses TOML text; missing keys take their defaults.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// File (if any) overlaid by flags and environment, then validated.
+    pub fn load(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let mut cfg = match &args.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        cfg.apply(args);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Overlays the values given as flags or environment variables.
+    pub fn apply(&mut self, a: &ServeArgs) {
+        if let Some(v) = a.signaling_listen {
+            self.signaling_listen = v;
+        }
+        if let Some(v) = a.rtc_listen {
+            self.rtc_listen = v;
+        }
+        if let Some(v) = &a.announced_address {
+            self.announced_address = Some(v.clone());
+        }
+        if let Some(v) = a.admin_listen {
+            self.admin_listen = v;
+        }
+        if let Some(v) = &a.node_id {
+            self.node_id = v.clone();
+        }
+        if let Some(v) = &a.region {
+            self.region = v.clone();
+        }
+        if let Some(v) = &a.log {
+            self.log = v.clone();
+        }
+        if let Some(v) = &a.web_root {
+            self.web_root = Some(v.clone());
+        }
+        if let Some(v) = a.consent_timeout_secs {
+            self.consent_timeout_secs = v;
+        }
+        if let Some(v) = a.max_peers_per_room {
+            self.max_peers_per_room = v;
+        }
+        if let Some(v) = a.max_signaling_connections {
+            self.max_signaling_connections = v;
+        }
+    }
+
+    /// Refuses values that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id.is_empty()
+            || !self
+                .node_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(ConfigError::Invalid {
+                name: "node_id",
+                reason: format!(
+                    "{:?} must be non-empty and use only ASCII letters, digits, '-', '_', '.'",
+                    self.node_id
+                ),
+            });
+        }
+        if self.consent_timeout_secs == 0 || self.consent_timeout_secs > 3600 {
+            return Err(ConfigError::Invalid {
+                name: "consent_timeout_secs",
+                reason: "must be between 1 and 3600".into(),
+            });
+        }
+        if self.max_peers_per_room == 0 {
+            return Err(ConfigError::Invalid {
+                name: "max_peers_per_room",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if let Some(a) = &self.announced_address {
+            if a.is_empty() {
+                return Err(ConfigError::Invalid {
+                    name: "announced_address",
+                    reason: "must not be empty".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Consent timeout as a duration.
+    pub fn consent_timeout(&self) -> Duration {
+        Duration::from_secs(self.consent_timeout_secs)
+    }
+
+    /// The address ICE candidates advertise (see [`Config::announced_address`]).
+    pub fn effective_announced_address(&self) -> String {
+        if let Some(a) = &self.announced_address {
+            return a.clone();
+        }
+        let ip = self.rtc_listen.ip();
+        if !ip.is_unspecified() {
+            return ip.to_string();
+        }
+        first_non_loopback_ipv4()
+            .map(|ip| ip.to_string())
+            .unwrap_or_else(|| "127.0.0.1".into())
+    }
+}
+
+fn first_non_loopback_ipv4() -> Option<IpAddr> {
+    let ifaces = if_addrs::get_if_addrs().ok()?;
+    ifaces
+        .into_iter()
+        .filter(|i| !i.is_loopback())
+        .map(|i| i.ip())
+        .find(|ip| ip.is_ipv4())
+}
+
+fn default_node_id() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let cleaned: String = raw
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_' || *c == '.')
+        .collect();
+    if cleaned.is_empty() {
+        "pipemesh-node".into()
+    } else {
+        cleaned
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn file_values_are_overlaid_by_flags() {
+        let mut cfg =
+            Config::from_toml("region = \"eu-west\"\nnode_id = \"a1\"\nrtc_listen = \"127.0.0.1:5000\"\n")
+                .unwrap();
+        assert_eq!(cfg.region, "eu-west");
+        assert_eq!(cfg.rtc_listen, "127.0.0.1:5000".parse().unwrap());
+        cfg.apply(&ServeArgs {
+            region: Some("us-east".into()),
+            ..Default::default()
+        });
+        assert_eq!(cfg.region, "us-east");
+        assert_eq!(cfg.node_id, "a1");
+        assert_eq!(cfg.effective_announced_address(), "127.0.0.1");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(Config::from_toml("no_such_key = 1").is_err());
+        let mut cfg = Config::default();
+        cfg.node_id = "bad id".into();
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::Invalid { name: "node_id", .. })
+        ));
+        cfg = Config::default();
+        cfg.consent_timeout_secs = 0;
+        assert!(cfg.validate().is_err());
+    }
+}

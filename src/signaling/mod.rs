@@ -1,0 +1,3 @@
+//! Signaling: the protoo protocol of mediasoup-demo v3 over WebSocket.
+
+pub mod protoo;

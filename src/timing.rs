@@ -1,0 +1,17 @@
+//! Every protocol time constant in one place. Values that operators may want to tune are
+//! defaults of [`crate::config::Config`] fields instead.
+
+use std::time::Duration;
+
+/// RFC 7675: a transport is closed when no valid consent check arrived for this long.
+pub const ICE_CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a DTLS handshake may take before the transport is closed.
+pub const DTLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Minimum interval between two keyframe requests forwarded to one producer stream.
+pub const KEYFRAME_REQUEST_THROTTLE: Duration = Duration::from_millis(500);
+/// Interval between RTCP compound reports (SR/RR) on a transport.
+pub const RTCP_REPORT_INTERVAL: Duration = Duration::from_millis(1000);
+/// Interval between transport-wide-cc feedback packets sent to publishers.
+pub const TWCC_FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
+/// How long a retransmission buffer keeps a packet for NACK answers.
+pub const RTX_BUFFER_MAX_AGE: Duration = Duration::from_millis(2000);
