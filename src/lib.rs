@@ -28,3 +28,4 @@ pub mod ids;
 pub mod router;
 pub mod signaling;
 pub mod timing;
+pub mod bot;
