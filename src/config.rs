@@ -295,7 +295,7 @@ mod tests {
             Config::from_toml("region = \"eu-west\"\nnode_id = \"a1\"\nrtc_listen = \"127.0.0.1:5000\"\n")
                 .unwrap();
         assert_eq!(cfg.region, "eu-west");
-        assert_eq!(cfg.rtc_listen, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(cfg.rtc_listen, "127.0.0.1:5000".parse::<SocketAddr>().unwrap());
         cfg.apply(&ServeArgs {
             region: Some("us-east".into()),
             ..Default::default()

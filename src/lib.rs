@@ -22,10 +22,13 @@
 //! [`router::keyframe`], [`router::rtcp_core`], [`signaling::protoo`]. The tokio glue around them is
 //! kept thin: [`edge::glue`], [`signaling::server`], [`node`].
 
+pub mod admin;
 pub mod config;
 pub mod edge;
 pub mod ids;
+pub mod node;
 pub mod router;
 pub mod signaling;
 pub mod timing;
+pub mod worker;
 pub mod bot;

@@ -1,6 +1,9 @@
-use anyhow::Result;
+//! The `pipemesh` binary: thin clap front end over the library.
+
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use pipemesh::config::{Config, ServeArgs};
+use tracing_subscriber::EnvFilter;
 
 /// pipemesh: a cascading WebRTC SFU.
 #[derive(Parser, Debug)]
@@ -14,6 +17,8 @@ struct Cli {
 enum Command {
     /// Run a node.
     Serve(ServeArgs),
+    /// Print the effective configuration (file, environment and flags merged) as TOML.
+    Config(ServeArgs),
 }
 
 fn main() -> Result<()> {
@@ -21,8 +26,40 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let cfg = Config::load(&args)?;
-            println!("{cfg:?}");
+            init_tracing(&cfg.log)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            rt.block_on(async move {
+                pipemesh::node::run(cfg, shutdown_signal()).await?;
+                Ok(())
+            })
+        }
+        Command::Config(args) => {
+            let cfg = Config::load(&args)?;
+            print!("{}", toml::to_string(&cfg)?);
             Ok(())
         }
+    }
+}
+
+fn init_tracing(filter: &str) -> Result<()> {
+    let filter = EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }

@@ -1,1 +1,848 @@
-//! (in progress)
+//! Receive statistics of the bot: one [`RecvStats`] per received SSRC computes packets,
+//! expected and lost (RFC 3550 A.3 extended sequence numbers), interarrival jitter
+//! (RFC 3550 A.8), one-way latency from the probes written by [`super::media`], bitrate,
+//! keyframes (VP8) and completed frames (marker bits). [`RtpView`] is a borrowed, allocation-free
+//! RTP parser to feed it.
+//!
+//! The caller routes packets by SSRC, decrypts them, and passes `now` plus its wall clock in
+//! microseconds since the UNIX epoch; nothing here reads a clock. One-way latency is the
+//! receiver's wall clock minus the sender's, so it is only meaningful when both clocks are
+//! synchronised (same host, or NTP/PTP); negative samples are kept, not hidden.
+//!
+//! Memory per stream is fixed: a ring of the last [`OWD_WINDOW`] latency samples and
+//! [`RATE_BUCKETS`] bitrate buckets. Percentiles sort a scratch copy per snapshot, never per
+//! packet.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use super::media::{parse_vp8, read_probe, OPUS_CLOCK_RATE, VP8_CLOCK_RATE};
+
+/// Number of most recent one-way latency samples kept per stream.
+pub const OWD_WINDOW: usize = 1024;
+/// Width of one bitrate bucket.
+pub const RATE_BUCKET: Duration = Duration::from_millis(100);
+/// Number of bitrate buckets: the "recent" bitrate covers `RATE_BUCKET * RATE_BUCKETS` (2 s).
+pub const RATE_BUCKETS: usize = 20;
+
+/// Errors of [`RtpView::parse`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RtpParseError {
+    /// The packet is shorter than its fixed header plus CSRC list; holds the packet length.
+    #[error("RTP packet of {0} bytes is truncated")]
+    TooShort(usize),
+    /// The version field is not 2.
+    #[error("RTP version {0}, expected 2")]
+    BadVersion(u8),
+    /// The header extension runs past the end of the packet.
+    #[error("RTP header extension truncated")]
+    TruncatedExtension,
+    /// The padding count (last byte) is zero or exceeds the payload.
+    #[error("RTP padding of {0} bytes is invalid")]
+    BadPadding(u8),
+}
+
+/// A parsed view of one RTP packet, borrowing the caller's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtpView<'a> {
+    /// Marker bit.
+    pub marker: bool,
+    /// Payload type.
+    pub payload_type: u8,
+    /// Sequence number.
+    pub seq: u16,
+    /// RTP timestamp.
+    pub timestamp: u32,
+    /// Synchronisation source.
+    pub ssrc: u32,
+    /// Header extension profile (0xBEDE one-byte, 0x100x two-byte), 0 when absent.
+    pub ext_profile: u16,
+    /// Header extension body (after the profile and length words).
+    pub ext_body: &'a [u8],
+    /// Payload without padding.
+    pub payload: &'a [u8],
+    /// Whole packet length in bytes, counted for bitrate.
+    pub packet_len: usize,
+}
+
+impl<'a> RtpView<'a> {
+    /// Parses `buf` as an RTP packet (RFC 3550 §5.1). Never panics.
+    pub fn parse(buf: &'a [u8]) -> Result<Self, RtpParseError> {
+        let short = RtpParseError::TooShort(buf.len());
+        let fixed = buf.get(..12).ok_or(short.clone())?;
+        let version = fixed[0] >> 6;
+        if version != 2 {
+            return Err(RtpParseError::BadVersion(version));
+        }
+        let has_padding = fixed[0] & 0x20 != 0;
+        let has_ext = fixed[0] & 0x10 != 0;
+        let csrc_count = usize::from(fixed[0] & 0x0f);
+        let mut i = 12 + 4 * csrc_count;
+        if buf.len() < i {
+            return Err(short);
+        }
+        let mut ext_profile = 0;
+        let mut ext_body: &[u8] = &[];
+        if has_ext {
+            let h = buf.get(i..i + 4).ok_or(RtpParseError::TruncatedExtension)?;
+            ext_profile = u16::from_be_bytes([h[0], h[1]]);
+            let words = usize::from(u16::from_be_bytes([h[2], h[3]]));
+            ext_body = buf
+                .get(i + 4..i + 4 + 4 * words)
+                .ok_or(RtpParseError::TruncatedExtension)?;
+            i += 4 + 4 * words;
+        }
+        let mut payload = buf.get(i..).unwrap_or_default();
+        if has_padding {
+            let pad = *payload.last().ok_or(RtpParseError::BadPadding(0))?;
+            if pad == 0 || usize::from(pad) > payload.len() {
+                return Err(RtpParseError::BadPadding(pad));
+            }
+            payload = payload
+                .get(..payload.len() - usize::from(pad))
+                .unwrap_or_default();
+        }
+        Ok(Self {
+            marker: fixed[1] & 0x80 != 0,
+            payload_type: fixed[1] & 0x7f,
+            seq: u16::from_be_bytes([fixed[2], fixed[3]]),
+            timestamp: u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]),
+            ssrc: u32::from_be_bytes([fixed[8], fixed[9], fixed[10], fixed[11]]),
+            ext_profile,
+            ext_body,
+            payload,
+            packet_len: buf.len(),
+        })
+    }
+
+    /// The data of header extension `id` (RFC 8285 one- or two-byte form), if present.
+    pub fn extension(&self, id: u8) -> Option<&'a [u8]> {
+        let body = self.ext_body;
+        let mut i = 0;
+        if self.ext_profile == 0xBEDE {
+            while let Some(&b) = body.get(i) {
+                if b == 0 {
+                    i += 1; // padding
+                    continue;
+                }
+                let eid = b >> 4;
+                if eid == 15 {
+                    return None; // reserved: stop parsing (RFC 8285 §4.2)
+                }
+                let len = usize::from(b & 0x0f) + 1;
+                let data = body.get(i + 1..i + 1 + len)?;
+                if eid == id {
+                    return Some(data);
+                }
+                i += 1 + len;
+            }
+        } else if self.ext_profile & 0xfff0 == 0x1000 {
+            while let Some(&eid) = body.get(i) {
+                if eid == 0 {
+                    i += 1;
+                    continue;
+                }
+                let len = usize::from(*body.get(i + 1)?);
+                let data = body.get(i + 2..i + 2 + len)?;
+                if eid == id {
+                    return Some(data);
+                }
+                i += 2 + len;
+            }
+        }
+        None
+    }
+}
+
+/// What a received stream carries; decides which payload format is inspected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// Opus audio.
+    Opus,
+    /// VP8 video: keyframes are detected from the payload descriptor and header.
+    Vp8,
+    /// Other audio codec: counted, not inspected.
+    OtherAudio,
+    /// Other video codec: counted, frames by marker bits, keyframes not detected.
+    OtherVideo,
+}
+
+impl Codec {
+    /// `"audio"` or `"video"`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Codec::Opus | Codec::OtherAudio => "audio",
+            Codec::Vp8 | Codec::OtherVideo => "video",
+        }
+    }
+
+    /// The fixed clock rate of the codec, if it has one.
+    pub fn clock_rate(self) -> Option<u32> {
+        match self {
+            Codec::Opus => Some(OPUS_CLOCK_RATE),
+            Codec::Vp8 => Some(VP8_CLOCK_RATE),
+            Codec::OtherAudio | Codec::OtherVideo => None,
+        }
+    }
+
+    fn is_video(self) -> bool {
+        self.kind() == "video"
+    }
+}
+
+/// Statistics of one received RTP stream (one SSRC).
+#[derive(Debug, Clone)]
+pub struct RecvStats {
+    ssrc: u32,
+    codec: Codec,
+    clock_rate: u32,
+    first_arrival: Option<Instant>,
+    last_arrival: Option<Instant>,
+    received: u64,
+    bytes: u64,
+    /// Lowest and highest extended sequence numbers seen.
+    base_ext: i64,
+    max_ext: i64,
+    reordered: u64,
+    /// RFC 3550 A.8 state, in RTP ticks.
+    jitter: f64,
+    last_transit: Option<u32>,
+    owd: Box<[i64; OWD_WINDOW]>,
+    owd_len: usize,
+    owd_next: usize,
+    probes: u64,
+    /// (bucket index since first arrival, bytes).
+    rate: [(u64, u64); RATE_BUCKETS],
+    keyframes: u64,
+    frames: u64,
+}
+
+impl RecvStats {
+    /// Statistics for `ssrc`; `clock_rate` is the negotiated RTP clock rate (use
+    /// [`Codec::clock_rate`] for Opus/VP8). A zero clock rate disables jitter.
+    pub fn new(ssrc: u32, codec: Codec, clock_rate: u32) -> Self {
+        Self {
+            ssrc,
+            codec,
+            clock_rate,
+            first_arrival: None,
+            last_arrival: None,
+            received: 0,
+            bytes: 0,
+            base_ext: 0,
+            max_ext: 0,
+            reordered: 0,
+            jitter: 0.0,
+            last_transit: None,
+            owd: Box::new([0; OWD_WINDOW]),
+            owd_len: 0,
+            owd_next: 0,
+            probes: 0,
+            rate: [(0, 0); RATE_BUCKETS],
+            keyframes: 0,
+            frames: 0,
+        }
+    }
+
+    /// The SSRC these statistics are for.
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    /// When the last packet arrived (for stall detection).
+    pub fn last_arrival(&self) -> Option<Instant> {
+        self.last_arrival
+    }
+
+    /// Accounts one received packet. `now` is its arrival time, `wall_us` the receiver's wall
+    /// clock in microseconds since the UNIX epoch. The caller has checked `pkt.ssrc`.
+    pub fn on_packet(&mut self, now: Instant, wall_us: u64, pkt: &RtpView<'_>) {
+        let first = *self.first_arrival.get_or_insert(now);
+        self.last_arrival = Some(now);
+        self.received += 1;
+        self.bytes += pkt.packet_len as u64;
+        self.track_seq(pkt.seq);
+        self.track_jitter(now.saturating_duration_since(first), pkt.timestamp);
+
+        let idx = bucket_index(now.saturating_duration_since(first));
+        let slot = &mut self.rate[(idx % RATE_BUCKETS as u64) as usize];
+        if slot.0 != idx {
+            *slot = (idx, 0);
+        }
+        slot.1 += pkt.packet_len as u64;
+
+        if let Some(probe) = read_probe(pkt.payload) {
+            let owd = i128::from(wall_us) - i128::from(probe.wall_us);
+            self.owd[self.owd_next] = owd.clamp(i64::MIN.into(), i64::MAX.into()) as i64;
+            self.owd_next = (self.owd_next + 1) % OWD_WINDOW;
+            self.owd_len = (self.owd_len + 1).min(OWD_WINDOW);
+            self.probes += 1;
+        }
+        if self.codec == Codec::Vp8 {
+            let key = parse_vp8(pkt.payload)
+                .and_then(|v| v.frame_header)
+                .is_some_and(|h| h.keyframe);
+            self.keyframes += u64::from(key);
+        }
+        if self.codec.is_video() && pkt.marker {
+            self.frames += 1;
+        }
+    }
+
+    /// RFC 3550 A.1-style extension: the sequence number is placed within ±32768 of the highest
+    /// seen, so wraparound and reordering are handled; a packet older than the first lowers the
+    /// base. A restart jumping by more than 32767 is read as very late packets.
+    fn track_seq(&mut self, seq: u16) {
+        if self.received == 1 {
+            self.base_ext = i64::from(seq);
+            self.max_ext = i64::from(seq);
+            return;
+        }
+        let delta = i64::from(seq.wrapping_sub(self.max_ext as u16) as i16);
+        let ext = self.max_ext + delta;
+        if delta > 0 {
+            self.max_ext = ext;
+        } else if delta < 0 {
+            self.reordered += 1;
+        }
+        self.base_ext = self.base_ext.min(ext);
+    }
+
+    /// RFC 3550 A.8 with the arrival time in RTP ticks since the first packet.
+    fn track_jitter(&mut self, since_first: Duration, rtp_ts: u32) {
+        if self.clock_rate == 0 {
+            return;
+        }
+        let arrival = (since_first.as_nanos() * u128::from(self.clock_rate) / 1_000_000_000) as u32;
+        let transit = arrival.wrapping_sub(rtp_ts);
+        if let Some(last) = self.last_transit {
+            let d = f64::from((transit.wrapping_sub(last) as i32).unsigned_abs());
+            self.jitter += (d - self.jitter) / 16.0;
+        }
+        self.last_transit = Some(transit);
+    }
+
+    /// Current statistics; `now` bounds the bitrate windows.
+    pub fn snapshot(&self, now: Instant) -> StatsSnapshot {
+        let expected = if self.received == 0 {
+            0
+        } else {
+            (self.max_ext - self.base_ext + 1) as u64
+        };
+        let elapsed = self
+            .first_arrival
+            .map_or(Duration::ZERO, |f| now.saturating_duration_since(f));
+        let mut scratch = self.owd[..self.owd_len].to_vec();
+        StatsSnapshot {
+            ssrc: self.ssrc,
+            codec: self.codec,
+            received: self.received,
+            expected,
+            lost: expected as i64 - self.received as i64,
+            reordered: self.reordered,
+            jitter_ms: if self.clock_rate == 0 {
+                0.0
+            } else {
+                self.jitter * 1000.0 / f64::from(self.clock_rate)
+            },
+            owd: Percentiles::of(&mut scratch),
+            probes: self.probes,
+            bytes: self.bytes,
+            kbps: self.recent_kbps(elapsed),
+            avg_kbps: kbps(self.bytes, elapsed),
+            keyframes: self.keyframes,
+            frames: self.frames,
+            duration: elapsed,
+        }
+    }
+
+    fn recent_kbps(&self, elapsed: Duration) -> f64 {
+        let cur = bucket_index(elapsed);
+        let lo = cur.saturating_sub(RATE_BUCKETS as u64 - 1);
+        let bytes: u64 = self
+            .rate
+            .iter()
+            .filter(|(i, _)| (lo..=cur).contains(i))
+            .map(|(_, b)| b)
+            .sum();
+        let window_start = RATE_BUCKET * u32::try_from(lo).unwrap_or(u32::MAX);
+        kbps(bytes, elapsed.saturating_sub(window_start))
+    }
+
+    /// Appends the latency window to `out` (for [`Totals`]).
+    fn owd_samples(&self, out: &mut Vec<i64>) {
+        out.extend_from_slice(&self.owd[..self.owd_len]);
+    }
+}
+
+fn bucket_index(since_first: Duration) -> u64 {
+    (since_first.as_nanos() / RATE_BUCKET.as_nanos()) as u64
+}
+
+fn kbps(bytes: u64, over: Duration) -> f64 {
+    if over.is_zero() {
+        0.0
+    } else {
+        bytes as f64 * 8.0 / over.as_secs_f64() / 1000.0
+    }
+}
+
+/// Latency distribution over a window, in microseconds (negative if clocks are skewed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Percentiles {
+    /// Smallest sample.
+    pub min: i64,
+    /// Median (nearest rank).
+    pub p50: i64,
+    /// 95th percentile (nearest rank).
+    pub p95: i64,
+    /// Largest sample.
+    pub max: i64,
+    /// Number of samples.
+    pub samples: usize,
+}
+
+impl Percentiles {
+    /// Sorts `samples` in place and takes nearest-rank percentiles; `None` if empty.
+    pub fn of(samples: &mut [i64]) -> Option<Self> {
+        samples.sort_unstable();
+        let n = samples.len();
+        let rank = |p: usize| {
+            samples
+                .get((n * p).div_ceil(100).saturating_sub(1))
+                .copied()
+        };
+        Some(Self {
+            min: *samples.first()?,
+            p50: rank(50)?,
+            p95: rank(95)?,
+            max: *samples.last()?,
+            samples: n,
+        })
+    }
+}
+
+fn ms(us: i64) -> f64 {
+    us as f64 / 1000.0
+}
+
+/// A point-in-time copy of one stream's statistics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsSnapshot {
+    /// SSRC of the stream.
+    pub ssrc: u32,
+    /// Codec of the stream.
+    pub codec: Codec,
+    /// Packets received, duplicates included.
+    pub received: u64,
+    /// Highest minus lowest extended sequence number, plus one.
+    pub expected: u64,
+    /// `expected - received`: negative when duplicates outnumber losses.
+    pub lost: i64,
+    /// Packets that arrived after a higher sequence number.
+    pub reordered: u64,
+    /// RFC 3550 interarrival jitter in milliseconds.
+    pub jitter_ms: f64,
+    /// One-way latency over the last [`OWD_WINDOW`] probes.
+    pub owd: Option<Percentiles>,
+    /// Probes found since the start.
+    pub probes: u64,
+    /// RTP bytes received (headers included).
+    pub bytes: u64,
+    /// Bitrate over the last `RATE_BUCKET * RATE_BUCKETS`, kbit/s.
+    pub kbps: f64,
+    /// Bitrate since the first packet, kbit/s.
+    pub avg_kbps: f64,
+    /// VP8 keyframes seen.
+    pub keyframes: u64,
+    /// Video frames completed (marker bits).
+    pub frames: u64,
+    /// Time since the first packet.
+    pub duration: Duration,
+}
+
+impl StatsSnapshot {
+    /// Lost packets, clamped at zero for display.
+    pub fn lost_clamped(&self) -> u64 {
+        self.lost.max(0) as u64
+    }
+
+    /// Lost packets as a fraction of expected, in 0..=1.
+    pub fn loss_fraction(&self) -> f64 {
+        if self.expected == 0 {
+            0.0
+        } else {
+            self.lost_clamped() as f64 / self.expected as f64
+        }
+    }
+}
+
+/// Writes ` owd p50=…ms p95=…ms` or ` owd -`.
+fn fmt_owd(f: &mut fmt::Formatter<'_>, owd: &Option<Percentiles>) -> fmt::Result {
+    match owd {
+        Some(p) => write!(
+            f,
+            " owd p50={:.1}ms p95={:.1}ms max={:.1}ms",
+            ms(p.p50),
+            ms(p.p95),
+            ms(p.max)
+        ),
+        None => write!(f, " owd -"),
+    }
+}
+
+impl fmt::Display for StatsSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ssrc={} kind={} pkts={} lost={}({:.2}%) jitter={:.1}ms",
+            self.ssrc,
+            self.codec.kind(),
+            self.received,
+            self.lost_clamped(),
+            self.loss_fraction() * 100.0,
+            self.jitter_ms
+        )?;
+        fmt_owd(f, &self.owd)?;
+        write!(f, " kbps={:.1}", self.kbps)?;
+        if self.codec.is_video() {
+            write!(f, " frames={} kf={}", self.frames, self.keyframes)?;
+        }
+        Ok(())
+    }
+}
+
+/// Aggregate over all streams, for the bot's final summary line.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Totals {
+    /// Number of streams.
+    pub streams: usize,
+    /// Packets received.
+    pub received: u64,
+    /// Packets expected.
+    pub expected: u64,
+    /// Sum of each stream's clamped loss.
+    pub lost: u64,
+    /// Bytes received.
+    pub bytes: u64,
+    /// Largest jitter of any stream, ms.
+    pub max_jitter_ms: f64,
+    /// Latency over the union of every stream's window.
+    pub owd: Option<Percentiles>,
+    /// Sum of the streams' average bitrates, kbit/s.
+    pub avg_kbps: f64,
+    /// Keyframes seen.
+    pub keyframes: u64,
+    /// Video frames completed.
+    pub frames: u64,
+}
+
+impl Totals {
+    /// Aggregates `streams` at `now`.
+    pub fn collect<'a>(streams: impl IntoIterator<Item = &'a RecvStats>, now: Instant) -> Self {
+        let mut t = Totals::default();
+        let mut samples = Vec::new();
+        for s in streams {
+            let snap = s.snapshot(now);
+            t.streams += 1;
+            t.received += snap.received;
+            t.expected += snap.expected;
+            t.lost += snap.lost_clamped();
+            t.bytes += snap.bytes;
+            t.max_jitter_ms = t.max_jitter_ms.max(snap.jitter_ms);
+            t.avg_kbps += snap.avg_kbps;
+            t.keyframes += snap.keyframes;
+            t.frames += snap.frames;
+            s.owd_samples(&mut samples);
+        }
+        t.owd = Percentiles::of(&mut samples);
+        t
+    }
+
+    /// Lost packets as a fraction of expected, in 0..=1.
+    pub fn loss_fraction(&self) -> f64 {
+        if self.expected == 0 {
+            0.0
+        } else {
+            self.lost as f64 / self.expected as f64
+        }
+    }
+}
+
+impl fmt::Display for Totals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "total streams={} pkts={} lost={}({:.2}%) jitter_max={:.1}ms",
+            self.streams,
+            self.received,
+            self.lost,
+            self.loss_fraction() * 100.0,
+            self.max_jitter_ms
+        )?;
+        fmt_owd(f, &self.owd)?;
+        write!(
+            f,
+            " kbps={:.1} frames={} kf={}",
+            self.avg_kbps, self.frames, self.keyframes
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bot::media::{
+        AudioConfig, AudioSource, HeaderExtensions, TransportSeq, VideoConfig, VideoSource,
+    };
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    /// A bare RTP packet with a non-probe payload.
+    fn rtp(seq: u16, ts: u32, marker: bool) -> [u8; 20] {
+        let mut b = [0u8; 20];
+        b[0] = 0x80;
+        b[1] = (u8::from(marker) << 7) | 111;
+        b[2..4].copy_from_slice(&seq.to_be_bytes());
+        b[4..8].copy_from_slice(&ts.to_be_bytes());
+        b[8..12].copy_from_slice(&7u32.to_be_bytes());
+        b
+    }
+
+    fn feed_seqs(seqs: &[u16]) -> StatsSnapshot {
+        let t0 = Instant::now();
+        let mut s = RecvStats::new(7, Codec::Opus, 48_000);
+        for (i, &seq) in seqs.iter().enumerate() {
+            let b = rtp(seq, 0, false);
+            let t = t0 + Duration::from_millis(20 * i as u64);
+            s.on_packet(t, 0, &RtpView::parse(&b).unwrap());
+        }
+        s.snapshot(t0 + Duration::from_secs(1))
+    }
+
+    #[test]
+    fn loss_with_gaps() {
+        let seqs: Vec<u16> = (0..100).filter(|s| s % 10 != 3).collect();
+        let s = feed_seqs(&seqs);
+        assert_eq!((s.received, s.expected, s.lost), (90, 100, 10));
+        assert!((s.loss_fraction() - 0.1).abs() < 1e-9);
+        assert!(s.to_string().contains("lost=10(10.00%)"), "{s}");
+    }
+
+    #[test]
+    fn reordering_and_duplicates() {
+        let s = feed_seqs(&[10, 11, 13, 12, 14, 14, 15, 15]);
+        assert_eq!((s.received, s.expected, s.lost), (8, 6, -2));
+        assert_eq!(s.lost_clamped(), 0);
+        assert_eq!(s.reordered, 1);
+        assert!(s.to_string().contains("lost=0(0.00%)"), "{s}");
+        // A late first packet lowers the base instead of counting as a huge gap.
+        let s = feed_seqs(&[5, 4, 6, 8]);
+        assert_eq!((s.received, s.expected, s.lost, s.reordered), (4, 5, 1, 1));
+    }
+
+    #[test]
+    fn wraparound_at_65535() {
+        // 65530..=65535, 0..=5 with 1 lost and 65535 arriving after 0.
+        let s = feed_seqs(&[65530, 65531, 65532, 65533, 65534, 0, 65535, 2, 3, 4, 5]);
+        assert_eq!(
+            (s.received, s.expected, s.lost, s.reordered),
+            (11, 12, 1, 1)
+        );
+        // Several wraps without loss.
+        let seqs: Vec<u16> = (0..200_000u32).map(|i| (i + 60_000) as u16).collect();
+        let s = feed_seqs(&seqs);
+        assert_eq!((s.expected, s.lost), (200_000, 0));
+    }
+
+    #[test]
+    fn jitter_periodic_is_zero_and_jittered_is_positive() {
+        let t0 = Instant::now();
+        let mut flat = RecvStats::new(7, Codec::Opus, 48_000);
+        let mut bumpy = RecvStats::new(7, Codec::Opus, 48_000);
+        for i in 0..500u32 {
+            let b = rtp(i as u16, 1_000_000 + i * 960, false);
+            let p = RtpView::parse(&b).unwrap();
+            let t = t0 + Duration::from_millis(20 * u64::from(i));
+            flat.on_packet(t, 0, &p);
+            // Every other packet 5 ms late: |D| = 5 ms each step, jitter converges to 5 ms.
+            bumpy.on_packet(t + Duration::from_millis(5 * u64::from(i % 2)), 0, &p);
+        }
+        let end = t0 + Duration::from_secs(10);
+        let flat = flat.snapshot(end).jitter_ms;
+        let bumpy = bumpy.snapshot(end).jitter_ms;
+        assert!(flat < 0.05, "{flat}");
+        assert!((4.5..=5.1).contains(&bumpy), "{bumpy}");
+    }
+
+    #[test]
+    fn audio_round_trip_latency_percentiles() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let t0 = Instant::now();
+        let mut cfg = AudioConfig::new(0xa0d10);
+        cfg.extensions = HeaderExtensions {
+            mid: Some((1, "0".into())),
+            transport_cc: Some(5),
+            abs_send_time: None,
+        };
+        let mut src = AudioSource::new(cfg, t0, &mut rng).unwrap();
+        let mut stats = RecvStats::new(0xa0d10, Codec::Opus, OPUS_CLOCK_RATE);
+        let mut tcc = TransportSeq::new(0);
+        let mut buf = [0u8; 1500];
+        let wall0 = 1_700_000_000_000_000u64;
+        for i in 0..100u64 {
+            let t = src.next_packet_time();
+            let wall = wall0 + (t - t0).as_micros() as u64;
+            let n = src.poll(t, wall, &mut tcc, &mut buf).unwrap().unwrap();
+            let p = RtpView::parse(&buf[..n]).unwrap();
+            assert_eq!(p.extension(1), Some(&b"0"[..]));
+            assert_eq!(p.extension(5), Some(&(i as u16).to_be_bytes()[..]));
+            assert_eq!(p.marker, i == 0);
+            // Delays 1..=100 ms; the latency does not change arrival pacing here.
+            let delay = (i * 37 % 100 + 1) * 1000;
+            stats.on_packet(t, wall + delay, &p);
+        }
+        let s = stats.snapshot(t0 + Duration::from_secs(2));
+        assert_eq!((s.received, s.lost, s.probes), (100, 0, 100));
+        let owd = s.owd.unwrap();
+        assert_eq!(
+            (owd.min, owd.p50, owd.p95, owd.max, owd.samples),
+            (1000, 50_000, 95_000, 100_000, 100)
+        );
+        assert!(s.jitter_ms < 0.05);
+        assert!(s.to_string().contains("owd p50=50.0ms p95=95.0ms"), "{s}");
+        assert!(!s.to_string().contains("frames="));
+    }
+
+    #[test]
+    fn video_round_trip_keyframes_frames_bitrate() {
+        let mut rng = StdRng::seed_from_u64(10);
+        let t0 = Instant::now();
+        let mut src = VideoSource::new(VideoConfig::new(0x71de0), t0, &mut rng).unwrap();
+        let mut stats = RecvStats::new(0x71de0, Codec::Vp8, VP8_CLOCK_RATE);
+        let mut tcc = TransportSeq::new(0);
+        let mut buf = [0u8; 1500];
+        let wall0 = 1_700_000_000_000_000u64;
+        let end = t0 + Duration::from_millis(4990);
+        let mut sent = 0u64;
+        let mut dropped_markers = 0;
+        while src.next_packet_time() <= end {
+            let t = src.next_packet_time();
+            let wall = wall0 + (t - t0).as_micros() as u64;
+            while let Some(n) = src.poll(t, wall, &mut tcc, &mut buf).unwrap() {
+                sent += 1;
+                // Drop one packet in 50 (never a frame's first, to keep keyframe counts exact).
+                let p = RtpView::parse(&buf[..n]).unwrap();
+                if sent % 50 == 0 && parse_vp8(p.payload).unwrap().frame_header.is_none() {
+                    dropped_markers += u64::from(p.marker);
+                    continue;
+                }
+                stats.on_packet(t + Duration::from_millis(2), wall + 2_000, &p);
+            }
+        }
+        let s = stats.snapshot(end);
+        assert_eq!(s.keyframes, 3);
+        assert_eq!(s.frames, 150 - dropped_markers);
+        assert!(s.lost > 0 && s.lost as u64 <= sent / 50);
+        assert_eq!(s.expected, sent);
+        let owd = s.owd.unwrap();
+        assert_eq!((owd.min, owd.max), (2_000, 2_000));
+        assert!((500.0..620.0).contains(&s.avg_kbps), "{}", s.avg_kbps);
+        assert!((450.0..700.0).contains(&s.kbps), "{}", s.kbps);
+        let line = s.to_string();
+        assert!(line.starts_with("ssrc=466400 kind=video pkts="), "{line}");
+        assert!(line.contains("kf=3"), "{line}");
+    }
+
+    #[test]
+    fn latency_window_is_bounded_to_recent_samples() {
+        let t0 = Instant::now();
+        let mut s = RecvStats::new(1, Codec::Opus, 48_000);
+        let mut b = [0u8; 12 + 1 + 16];
+        b.copy_from_slice(&[&rtp(0, 0, false)[..12], &[0xf8], &[0u8; 16]].concat());
+        for i in 0..3000u64 {
+            b[2..4].copy_from_slice(&(i as u16).to_be_bytes());
+            let probe = crate::bot::media::Probe {
+                wall_us: 1_000_000,
+                frame: i as u32,
+            };
+            b[13..].copy_from_slice(&probe.encode());
+            // Old samples have 1 s latency, the last 1024 have `i` µs.
+            let recv = if i < 3000 - OWD_WINDOW as u64 {
+                2_000_000
+            } else {
+                1_000_000 + i
+            };
+            s.on_packet(t0, recv, &RtpView::parse(&b).unwrap());
+        }
+        let owd = s.snapshot(t0).owd.unwrap();
+        assert_eq!(owd.samples, OWD_WINDOW);
+        assert_eq!((owd.min, owd.max), (3000 - OWD_WINDOW as i64, 2999));
+    }
+
+    #[test]
+    fn rtp_view_parses_csrc_extensions_padding_and_rejects_garbage() {
+        // CSRC count 1, extension (two-byte profile), padding 3.
+        let mut b = vec![0xb1, 0x60, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 9, 9, 9, 9];
+        b.extend_from_slice(&[0x10, 0x00, 0, 1, 7, 2, 0xaa, 0xbb]);
+        b.extend_from_slice(&[1, 2, 3, 0, 0, 3]);
+        let p = RtpView::parse(&b).unwrap();
+        assert_eq!(
+            (p.seq, p.timestamp, p.ssrc, p.payload_type),
+            (1, 2, 3, 0x60)
+        );
+        assert_eq!(p.payload, &[1, 2, 3]);
+        assert_eq!(p.extension(7), Some(&[0xaa, 0xbb][..]));
+        assert_eq!(p.extension(8), None);
+        assert_eq!(RtpView::parse(&b[..11]), Err(RtpParseError::TooShort(11)));
+        assert_eq!(RtpView::parse(&b[..14]), Err(RtpParseError::TooShort(14)));
+        assert_eq!(
+            RtpView::parse(&b[..18]),
+            Err(RtpParseError::TruncatedExtension)
+        );
+        let mut bad = b.clone();
+        *bad.last_mut().unwrap() = 0;
+        assert_eq!(RtpView::parse(&bad), Err(RtpParseError::BadPadding(0)));
+        bad[0] = 0x40;
+        assert_eq!(RtpView::parse(&bad), Err(RtpParseError::BadVersion(1)));
+        // Random bytes never panic, nor do extension lookups.
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut stats = RecvStats::new(1, Codec::Vp8, 90_000);
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..64);
+            let mut v: Vec<u8> = (0..len).map(|_| rng.random::<u8>()).collect();
+            if let Some(b0) = v.first_mut() {
+                *b0 = (*b0 & 0x3f) | 0x80;
+            }
+            if let Ok(p) = RtpView::parse(&v) {
+                for id in 0..16 {
+                    let _ = p.extension(id);
+                }
+                stats.on_packet(Instant::now(), 0, &p);
+            }
+        }
+    }
+
+    #[test]
+    fn totals_aggregate_streams() {
+        let t0 = Instant::now();
+        let mut a = RecvStats::new(1, Codec::Opus, 48_000);
+        let mut v = RecvStats::new(2, Codec::OtherVideo, 90_000);
+        for i in 0..10u16 {
+            let t = t0 + Duration::from_millis(u64::from(i) * 100);
+            a.on_packet(t, 0, &RtpView::parse(&rtp(i * 2, 0, false)).unwrap());
+            v.on_packet(t, 0, &RtpView::parse(&rtp(i, 0, true)).unwrap());
+        }
+        let t = Totals::collect([&a, &v], t0 + Duration::from_secs(1));
+        assert_eq!((t.streams, t.received, t.expected, t.lost), (2, 20, 29, 9));
+        assert_eq!((t.frames, t.keyframes, t.bytes), (10, 0, 400));
+        assert_eq!(t.owd, None);
+        assert!((t.avg_kbps - 3.2).abs() < 1e-9, "{}", t.avg_kbps);
+        let line = t.to_string();
+        assert!(
+            line.starts_with("total streams=2 pkts=20 lost=9(31.03%)"),
+            "{line}"
+        );
+        assert!(line.contains("owd -"), "{line}");
+    }
+}

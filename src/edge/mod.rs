@@ -5,5 +5,6 @@
 //! [`demux`] (RFC 7983 first-byte classification, RFC 4571 framing).
 
 pub mod demux;
+pub mod dtls;
 pub mod ice;
 pub mod stun;

@@ -1,3 +1,4 @@
 //! Signaling: the protoo protocol of mediasoup-demo v3 over WebSocket.
 
 pub mod protoo;
+pub mod server;

@@ -1,0 +1,346 @@
+//! Node glue: binds the sockets, runs the worker task, the signaling and admin servers, and
+//! shuts everything down when the shutdown future resolves.
+//!
+//! The worker task owns the [`Worker`] core by `&mut` and is the only writer of the UDP socket;
+//! TCP connections get a reader task (RFC 4571 frames in) and a writer task (frames out).
+//! DTLS handshakes run in the `dtls` crate's own tasks behind [`DtlsSession`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::edge::demux::{encode_frame_header, FrameDecoder};
+use crate::edge::dtls::{DtlsEvent, DtlsIdentity, DtlsSession};
+use crate::edge::ice::{Protocol, Tuple};
+use crate::ids::TransportId;
+use crate::signaling::server::{self as sig, SessionId, ToPeer, WorkerCommand};
+use crate::timing::DTLS_HANDSHAKE_TIMEOUT;
+use crate::worker::{Output, Worker, WorkerConfig};
+
+/// Errors starting a node.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// A listener could not be bound.
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The DTLS certificate could not be made.
+    #[error(transparent)]
+    Dtls(#[from] crate::edge::dtls::DtlsError),
+}
+
+/// Counters readable from the admin endpoint.
+#[derive(Default, Debug)]
+pub struct NodeCounters {
+    /// TCP connections closed for bad framing.
+    pub tcp_framing_errors: AtomicU64,
+}
+
+/// Addresses a started node listens on (useful when binding port 0).
+#[derive(Clone, Copy, Debug)]
+pub struct NodeAddrs {
+    /// WebSocket signaling.
+    pub signaling: SocketAddr,
+    /// UDP and TCP media port.
+    pub rtc: SocketAddr,
+    /// Admin HTTP.
+    pub admin: SocketAddr,
+}
+
+/// Queue depth of the worker's command channel.
+const WORKER_QUEUE: usize = 4096;
+/// Frames queued towards one TCP client before frames are dropped.
+const TCP_WRITE_QUEUE: usize = 512;
+/// Largest RFC 4571 frame accepted from a client.
+const MAX_TCP_FRAME: usize = 65535;
+
+/// Events from glue tasks into the worker task.
+enum Event {
+    TcpPacket(Tuple, Bytes),
+    TcpOpened(SocketAddr, mpsc::Sender<Bytes>),
+    TcpClosed(SocketAddr),
+    Dtls(TransportId, DtlsEvent),
+}
+
+/// Binds everything and runs until `shutdown` resolves, then stops every task.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    let (addrs, stop, mut tasks) = start(cfg).await?;
+    tracing::info!(
+        signaling = %addrs.signaling, rtc = %addrs.rtc, admin = %addrs.admin,
+        "pipemesh node serving"
+    );
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop.send(());
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Binds the listeners and spawns the node's tasks. Sending on the returned broadcast stops
+/// them; the join set completes when all have finished.
+pub async fn start(
+    cfg: Config,
+) -> Result<(NodeAddrs, broadcast::Sender<()>, JoinSet<()>), NodeError> {
+    let bind = |what, addr, source| NodeError::Bind { what, addr, source };
+    let udp = UdpSocket::bind(cfg.rtc_listen)
+        .await
+        .map_err(|e| bind("rtc UDP", cfg.rtc_listen, e))?;
+    let rtc = udp.local_addr().map_err(|e| bind("rtc UDP", cfg.rtc_listen, e))?;
+    let tcp = TcpListener::bind(rtc).await.map_err(|e| bind("rtc TCP", rtc, e))?;
+    let signaling = TcpListener::bind(cfg.signaling_listen)
+        .await
+        .map_err(|e| bind("signaling", cfg.signaling_listen, e))?;
+    let admin = TcpListener::bind(cfg.admin_listen)
+        .await
+        .map_err(|e| bind("admin", cfg.admin_listen, e))?;
+    let addrs = NodeAddrs {
+        signaling: signaling.local_addr().map_err(|e| bind("signaling", cfg.signaling_listen, e))?,
+        rtc,
+        admin: admin.local_addr().map_err(|e| bind("admin", cfg.admin_listen, e))?,
+    };
+
+    let identity = DtlsIdentity::generate()?;
+    let worker = Worker::new(
+        WorkerConfig {
+            announced_address: cfg.effective_announced_address(),
+            rtc_port: rtc.port(),
+            consent_timeout: cfg.consent_timeout(),
+            max_peers_per_room: cfg.max_peers_per_room,
+        },
+        identity.fingerprints().to_vec(),
+        rand::random(),
+    );
+
+    let worker_counters = worker.counters();
+    let (stop, _) = broadcast::channel::<()>(1);
+    let (cmd_tx, cmd_rx) = mpsc::channel(WORKER_QUEUE);
+    let (ev_tx, ev_rx) = mpsc::channel(WORKER_QUEUE);
+    let counters = Arc::new(NodeCounters::default());
+    let mut tasks = JoinSet::new();
+
+    let udp = Arc::new(udp);
+    tasks.spawn(worker_task(worker, identity, udp, cmd_rx, ev_rx, ev_tx.clone(), stop.subscribe()));
+    tasks.spawn(tcp_accept(tcp, ev_tx, counters.clone(), stop.subscribe()));
+
+    let app = sig::router(cmd_tx, cfg.web_root.clone(), cfg.max_signaling_connections);
+    let mut s = stop.subscribe();
+    tasks.spawn(async move {
+        let r = axum::serve(signaling, app)
+            .with_graceful_shutdown(async move {
+                let _ = s.recv().await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "signaling server failed");
+        }
+    });
+    let admin_app = crate::admin::router(cfg.node_id.clone(), cfg.region.clone(), counters, worker_counters);
+    let mut s = stop.subscribe();
+    tasks.spawn(async move {
+        let r = axum::serve(admin, admin_app)
+            .with_graceful_shutdown(async move {
+                let _ = s.recv().await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+    Ok((addrs, stop, tasks))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn worker_task(
+    mut worker: Worker,
+    identity: DtlsIdentity,
+    udp: Arc<UdpSocket>,
+    mut commands: mpsc::Receiver<WorkerCommand>,
+    mut events: mpsc::Receiver<Event>,
+    event_tx: mpsc::Sender<Event>,
+    mut stop: broadcast::Receiver<()>,
+) {
+    let mut sessions: HashMap<SessionId, mpsc::Sender<ToPeer>> = HashMap::new();
+    let mut tcp_writers: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
+    let mut dtls: HashMap<TransportId, DtlsSession> = HashMap::new();
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let deadline = worker.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = stop.recv() => break,
+            r = udp.recv_from(&mut buf) => match r {
+                Ok((n, from)) => {
+                    // n <= buf.len() by recv_from's contract.
+                    worker.handle_packet(Instant::now(), Tuple { protocol: Protocol::Udp, remote: from }, &buf[..n]);
+                }
+                Err(e) => tracing::debug!(error = %e, "udp recv error"),
+            },
+            Some(ev) = events.recv() => match ev {
+                Event::TcpPacket(tuple, data) => worker.handle_packet(Instant::now(), tuple, &data),
+                Event::TcpOpened(remote, tx) => { tcp_writers.insert(remote, tx); }
+                Event::TcpClosed(remote) => {
+                    tcp_writers.remove(&remote);
+                    worker.handle_tcp_closed(Instant::now(), remote);
+                }
+                Event::Dtls(t, e) => worker.handle_dtls(Instant::now(), &t, e),
+            },
+            Some(cmd) = commands.recv() => match cmd {
+                WorkerCommand::Open { session, room, peer, to_peer } => {
+                    sessions.insert(session, to_peer);
+                    worker.handle_session_open(Instant::now(), session, room, peer);
+                }
+                WorkerCommand::Request { session, request, reply } => {
+                    let _ = reply.send(worker.handle_request(Instant::now(), session, request));
+                }
+                WorkerCommand::ConsumerAnswered { session, consumer, accepted } => {
+                    worker.handle_consumer_answer(Instant::now(), session, &consumer, accepted);
+                }
+                WorkerCommand::Closed { session } => {
+                    sessions.remove(&session);
+                    worker.handle_session_closed(Instant::now(), session);
+                }
+            },
+            _ = sleep => worker.handle_timeout(Instant::now()),
+        }
+        while let Some(out) = worker.poll_output() {
+            match out {
+                Output::Transmit { tuple, data } => match tuple.protocol {
+                    Protocol::Udp => {
+                        // Non-blocking: a full socket buffer drops the packet, as a router would.
+                        let _ = udp.try_send_to(&data, tuple.remote);
+                    }
+                    Protocol::Tcp => {
+                        if let Some(w) = tcp_writers.get(&tuple.remote) {
+                            let _ = w.try_send(data.into());
+                        }
+                    }
+                },
+                Output::ToPeer { session, msg } => {
+                    if let Some(tx) = sessions.get(&session) {
+                        if tx.try_send(msg).is_err() {
+                            tracing::warn!(session, "peer queue full; disconnecting it");
+                            sessions.remove(&session);
+                        }
+                    }
+                }
+                Output::DtlsStart { transport, role, fingerprints } => {
+                    let tx = event_tx.clone();
+                    let t = transport.clone();
+                    let s = DtlsSession::start(&identity, role, fingerprints, DTLS_HANDSHAKE_TIMEOUT, move |e| {
+                        let _ = tx.try_send(Event::Dtls(t.clone(), e));
+                    });
+                    dtls.insert(transport, s);
+                }
+                Output::DtlsFeed { transport, data } => {
+                    if let Some(s) = dtls.get(&transport) {
+                        s.feed(&data);
+                    }
+                }
+                Output::DtlsStop { transport } => {
+                    dtls.remove(&transport);
+                }
+                Output::CloseTcp { remote } => {
+                    // Dropping the writer ends the writer task, which closes the socket.
+                    tcp_writers.remove(&remote);
+                }
+            }
+        }
+    }
+    for (_, tx) in sessions {
+        let _ = tx.try_send(ToPeer::Close);
+    }
+}
+
+async fn tcp_accept(
+    listener: TcpListener,
+    events: mpsc::Sender<Event>,
+    counters: Arc<NodeCounters>,
+    mut stop: broadcast::Receiver<()>,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.recv() => break,
+            r = listener.accept() => match r {
+                Ok((stream, remote)) => {
+                    let _ = stream.set_nodelay(true);
+                    conns.spawn(tcp_conn(stream, remote, events.clone(), counters.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "tcp accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    conns.shutdown().await;
+}
+
+async fn tcp_conn(stream: TcpStream, remote: SocketAddr, events: mpsc::Sender<Event>, counters: Arc<NodeCounters>) {
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Bytes>(TCP_WRITE_QUEUE);
+    if events.send(Event::TcpOpened(remote, tx)).await.is_err() {
+        return;
+    }
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            let Ok(len) = u16::try_from(frame.len()) else { continue };
+            let hdr = encode_frame_header(len);
+            if wr.write_all(&hdr).await.is_err() || wr.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    let tuple = Tuple { protocol: Protocol::Tcp, remote };
+    let mut decoder = FrameDecoder::new(MAX_TCP_FRAME);
+    'read: loop {
+        // Read straight into the decoder's free space: no intermediate copy.
+        let n = match rd.read(decoder.read_buf()).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        decoder.commit(n);
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    if events.send(Event::TcpPacket(tuple, Bytes::copy_from_slice(frame))).await.is_err() {
+                        break 'read;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(%remote, error = %e, "bad RFC 4571 framing; closing");
+                    counters.tcp_framing_errors.fetch_add(1, Ordering::Relaxed);
+                    break 'read;
+                }
+            }
+        }
+    }
+    writer.abort();
+    let _ = events.send(Event::TcpClosed(remote)).await;
+}

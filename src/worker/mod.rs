@@ -1,0 +1,513 @@
+//! The worker core: every Room, Peer, WebRtcTransport, Producer and Consumer of a node,
+//! owned by one struct and driven sans-IO, as mediasoup's worker process is.
+//!
+//! Inputs: signaling sessions and requests, packets from the shared UDP/TCP port (already
+//! framed), DTLS handshake events, timeouts. Outputs ([`Output`], drained with
+//! [`Worker::poll_output`]): packets to send on a tuple, messages to peers, DTLS session
+//! control. The worker never reads the clock and owns no socket; `node` is its glue.
+//!
+//! Ownership follows mediasoup: a Room (one per room id, i.e. the Router) owns the fan-out
+//! from each producer to its consumers; transports own nothing but their network state and
+//! the ids of the producers/consumers that use them.
+
+mod media;
+mod room;
+mod transport;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde_json::Value;
+
+use crate::edge::dtls::{DtlsEvent, DtlsRole, Fingerprint};
+use crate::edge::ice::Tuple;
+use crate::ids::{ConsumerId, PeerId, RoomId, TransportId};
+use crate::router::ortc;
+use crate::router::rtp_parameters::RtpCapabilities;
+use crate::signaling::protoo::ClientRequest;
+use crate::signaling::server::{SessionId, ToPeer};
+
+pub use room::Room;
+pub use transport::Transport;
+
+/// Settings the worker needs from the node configuration.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Address advertised in ICE candidates.
+    pub announced_address: String,
+    /// The shared UDP/TCP port.
+    pub rtc_port: u16,
+    /// ICE consent timeout.
+    pub consent_timeout: Duration,
+    /// Upper bound on peers per room.
+    pub max_peers_per_room: usize,
+}
+
+/// Something the glue must do.
+#[derive(Debug)]
+pub enum Output {
+    /// Send a packet on a tuple.
+    Transmit {
+        /// Where.
+        tuple: Tuple,
+        /// The bytes (already SRTP-protected where applicable).
+        data: Vec<u8>,
+    },
+    /// Deliver a message to a signaling session.
+    ToPeer {
+        /// Session.
+        session: SessionId,
+        /// Message.
+        msg: ToPeer,
+    },
+    /// Start a DTLS session for a transport.
+    DtlsStart {
+        /// Transport.
+        transport: TransportId,
+        /// Our role.
+        role: DtlsRole,
+        /// Fingerprints the remote certificate must match.
+        fingerprints: Vec<Fingerprint>,
+    },
+    /// Feed a DTLS record received on the transport's selected tuple.
+    DtlsFeed {
+        /// Transport.
+        transport: TransportId,
+        /// The record.
+        data: Vec<u8>,
+    },
+    /// Drop a transport's DTLS session.
+    DtlsStop {
+        /// Transport.
+        transport: TransportId,
+    },
+    /// Close a TCP connection.
+    CloseTcp {
+        /// Its remote address.
+        remote: SocketAddr,
+    },
+}
+
+macro_rules! counters {
+    ($($name:ident: $doc:literal),* $(,)?) => {
+        /// Counters of dropped and handled traffic; exported on `/metrics`.
+        #[derive(Default, Debug)]
+        pub struct WorkerCounters {
+            $(#[doc = $doc] pub $name: AtomicU64,)*
+        }
+        impl WorkerCounters {
+            /// Name/value pairs for export.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((concat!(stringify!($name), "_total"), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    stun_dropped: "STUN packets dropped (malformed, unknown username, failed integrity).",
+    unknown_tuple_dropped: "Non-STUN packets from a tuple no transport has selected.",
+    unclassified_dropped: "Packets whose first byte matches no RFC 7983 class.",
+    srtp_failures: "SRTP/SRTCP packets that failed authentication or decryption.",
+    rtp_malformed: "Decrypted RTP packets that did not parse.",
+    rtcp_malformed: "Decrypted RTCP packets that did not parse.",
+    rtp_unknown_ssrc: "RTP packets matching no producer stream.",
+    rtp_received: "RTP packets received from producers.",
+    rtp_sent: "RTP packets sent to consumers.",
+    dtls_failures: "DTLS handshakes that failed.",
+    requests_failed: "Signaling requests answered with an error.",
+}
+
+/// Error answer to a signaling request: protoo `errorCode` and `errorReason`.
+pub type RequestFailure = (u16, String);
+
+fn bad_request(reason: impl Into<String>) -> RequestFailure {
+    (400, reason.into())
+}
+fn not_found(what: &str, id: &str) -> RequestFailure {
+    (404, format!("{what} {id:?} not found"))
+}
+
+/// The worker core. See the module docs.
+pub struct Worker {
+    cfg: WorkerConfig,
+    fingerprints: Vec<Fingerprint>,
+    rng: StdRng,
+    router_caps: RtpCapabilities,
+    router_caps_json: Value,
+    sessions: HashMap<SessionId, (RoomId, PeerId)>,
+    rooms: HashMap<RoomId, Room>,
+    transports: HashMap<TransportId, Transport>,
+    by_ufrag: HashMap<String, TransportId>,
+    by_tuple: HashMap<Tuple, TransportId>,
+    outputs: VecDeque<Output>,
+    counters: Arc<WorkerCounters>,
+    scratch: Vec<u8>,
+}
+
+impl Worker {
+    /// A worker with no rooms. `seed` drives ids-independent randomness (ICE credentials,
+    /// SSRCs), so tests are repeatable.
+    pub fn new(cfg: WorkerConfig, fingerprints: Vec<Fingerprint>, seed: u64) -> Self {
+        // The default codecs are a compile-time constant list; failing to build capabilities
+        // from them is a programming error caught by the unit tests.
+        let router_caps = ortc::generate_router_rtp_capabilities(&ortc::default_media_codecs())
+            .expect("default media codecs are valid");
+        let router_caps_json = serde_json::to_value(&router_caps).unwrap_or(Value::Null);
+        Self {
+            cfg,
+            fingerprints,
+            rng: StdRng::seed_from_u64(seed),
+            router_caps,
+            router_caps_json,
+            sessions: HashMap::new(),
+            rooms: HashMap::new(),
+            transports: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_tuple: HashMap::new(),
+            outputs: VecDeque::new(),
+            counters: Arc::new(WorkerCounters::default()),
+            scratch: Vec::with_capacity(1500),
+        }
+    }
+
+    /// Shared counters (for the admin endpoint).
+    pub fn counters(&self) -> Arc<WorkerCounters> {
+        self.counters.clone()
+    }
+
+    /// Next output for the glue.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Earliest instant at which [`Worker::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let t = self.transports.values().filter_map(|t| t.poll_timeout()).min();
+        let m = self.rooms.values().filter_map(|r| r.poll_timeout()).min();
+        match (t, m) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Rooms currently open (for tests and admin).
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// A signaling session opened for (room, peer). A previous session of the same peer is
+    /// closed and the peer replaced, as mediasoup-demo does.
+    pub fn handle_session_open(&mut self, _now: Instant, session: SessionId, room_id: RoomId, peer_id: PeerId) {
+        let old_session = self
+            .rooms
+            .get(&room_id)
+            .and_then(|r| r.peers.get(&peer_id))
+            .map(|p| p.session);
+        if let Some(old) = old_session {
+            tracing::info!(room = %room_id, peer = %peer_id, "peer reconnected; replacing old session");
+            self.outputs.push_back(Output::ToPeer {
+                session: old,
+                msg: ToPeer::Close,
+            });
+            self.sessions.remove(&old);
+            self.remove_peer(&room_id, &peer_id);
+        }
+        let room = self
+            .rooms
+            .entry(room_id.clone())
+            .or_insert_with(|| Room::new(room_id.clone()));
+        if room.peers.len() >= self.cfg.max_peers_per_room {
+            tracing::warn!(room = %room_id, "room full; refusing peer");
+            self.outputs.push_back(Output::ToPeer {
+                session,
+                msg: ToPeer::Close,
+            });
+            return;
+        }
+        room.add_peer(peer_id.clone(), session);
+        self.sessions.insert(session, (room_id, peer_id));
+    }
+
+    /// A signaling session ended: the peer leaves its room.
+    pub fn handle_session_closed(&mut self, _now: Instant, session: SessionId) {
+        if let Some((room, peer)) = self.sessions.remove(&session) {
+            self.remove_peer(&room, &peer);
+        }
+    }
+
+    /// Removes a peer with its transports, producers and consumers; tells the others.
+    fn remove_peer(&mut self, room_id: &RoomId, peer_id: &PeerId) {
+        let Some(room) = self.rooms.get_mut(room_id) else { return };
+        let Some(peer) = room.peers.get(peer_id) else { return };
+        let transports = peer.transports.clone();
+        let joined = peer.joined;
+        for t in transports {
+            self.close_transport(&t);
+        }
+        let Some(room) = self.rooms.get_mut(room_id) else { return };
+        room.peers.remove(peer_id);
+        if joined {
+            for other in room.peers.values().filter(|p| p.joined) {
+                self.outputs.push_back(Output::ToPeer {
+                    session: other.session,
+                    msg: ToPeer::Notify {
+                        method: "peerClosed",
+                        data: serde_json::json!({ "peerId": peer_id }),
+                    },
+                });
+            }
+        }
+        if room.peers.is_empty() {
+            tracing::info!(room = %room_id, "last peer left; closing room");
+            self.rooms.remove(room_id);
+        }
+    }
+
+    /// Closes a transport: its producers and consumers close too.
+    fn close_transport(&mut self, id: &TransportId) {
+        let Some(t) = self.transports.remove(id) else { return };
+        self.by_ufrag.retain(|_, v| v != id);
+        self.by_tuple.retain(|_, v| v != id);
+        self.outputs.push_back(Output::DtlsStop { transport: id.clone() });
+        if let Some(room) = self.rooms.get_mut(&t.room) {
+            let producers: Vec<_> = t.producers.iter().cloned().collect();
+            let consumers: Vec<_> = t.consumers.iter().cloned().collect();
+            for p in producers {
+                room.close_producer(&p, &mut self.outputs, &mut self.transports);
+            }
+            for c in consumers {
+                room.close_consumer(&c, false, &mut self.outputs, &mut self.transports);
+            }
+            if let Some(peer) = room.peers.get_mut(&t.peer) {
+                peer.transports.retain(|x| x != id);
+            }
+        }
+    }
+
+    /// A peer answered a `newConsumer` request.
+    pub fn handle_consumer_answer(&mut self, now: Instant, session: SessionId, consumer: &ConsumerId, accepted: bool) {
+        let Some((room_id, _)) = self.sessions.get(&session) else { return };
+        let Some(room) = self.rooms.get_mut(room_id) else { return };
+        if accepted {
+            room.resume_consumer(now, consumer, &mut self.outputs, &mut self.transports);
+        } else {
+            room.close_consumer(consumer, false, &mut self.outputs, &mut self.transports);
+        }
+    }
+
+    /// Handles one typed signaling request.
+    pub fn handle_request(&mut self, now: Instant, session: SessionId, req: ClientRequest) -> Result<Value, RequestFailure> {
+        let r = self.dispatch(now, session, req);
+        if r.is_err() {
+            self.counters.requests_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn dispatch(&mut self, now: Instant, session: SessionId, req: ClientRequest) -> Result<Value, RequestFailure> {
+        let (room_id, peer_id) = self
+            .sessions
+            .get(&session)
+            .cloned()
+            .ok_or_else(|| (403, "session is not attached to a room".to_owned()))?;
+        use ClientRequest as R;
+        match req {
+            R::GetRouterRtpCapabilities => Ok(self.router_caps_json.clone()),
+            R::Join(j) => self.join(now, &room_id, &peer_id, j),
+            R::CreateWebRtcTransport(d) => self.create_transport(&room_id, &peer_id, d),
+            R::ConnectWebRtcTransport {
+                transport_id,
+                dtls_parameters,
+            } => self.connect_transport(&peer_id, &TransportId(transport_id), &dtls_parameters),
+            R::RestartIce { transport_id } => self.restart_ice(&peer_id, &TransportId(transport_id)),
+            R::Produce {
+                transport_id,
+                kind,
+                rtp_parameters,
+                app_data,
+            } => self.produce(now, &room_id, &peer_id, &TransportId(transport_id), &kind, rtp_parameters, app_data),
+            R::DataChannel(m) => Err((501, format!("{m}: data channels are not supported yet"))),
+            other => {
+                let room = self
+                    .rooms
+                    .get_mut(&room_id)
+                    .ok_or_else(|| not_found("room", room_id.as_str()))?;
+                room.handle_peer_request(now, &peer_id, other, &mut self.outputs, &mut self.transports)
+            }
+        }
+    }
+
+    fn join(&mut self, now: Instant, room_id: &RoomId, peer_id: &PeerId, j: crate::signaling::protoo::JoinData) -> Result<Value, RequestFailure> {
+        let caps = match &j.rtp_capabilities {
+            Some(v) => {
+                let caps: RtpCapabilities = serde_json::from_value(v.clone())
+                    .map_err(|e| bad_request(format!("invalid rtpCapabilities: {e}")))?;
+                ortc::validate_rtp_capabilities(&caps).map_err(|e| bad_request(format!("invalid rtpCapabilities: {e}")))?;
+                Some(caps)
+            }
+            None => None,
+        };
+        let room = self.rooms.get_mut(room_id).ok_or_else(|| not_found("room", room_id.as_str()))?;
+        room.join(now, peer_id, j.display_name, j.device, caps, &mut self.rng, &mut self.outputs, &mut self.transports)
+    }
+
+    fn create_transport(&mut self, room_id: &RoomId, peer_id: &PeerId, d: crate::signaling::protoo::CreateTransportData) -> Result<Value, RequestFailure> {
+        const MAX_TRANSPORTS_PER_PEER: usize = 8;
+        let room = self.rooms.get_mut(room_id).ok_or_else(|| not_found("room", room_id.as_str()))?;
+        let peer = room.peers.get_mut(peer_id).ok_or_else(|| not_found("peer", peer_id.as_str()))?;
+        if peer.transports.len() >= MAX_TRANSPORTS_PER_PEER {
+            return Err(bad_request("too many transports for this peer"));
+        }
+        let id = TransportId::random();
+        let t = Transport::new(id.clone(), room_id.clone(), peer_id.clone(), d.producing, d.consuming, self.cfg.consent_timeout, &mut self.rng);
+        let answer = t.describe(&self.cfg.announced_address, self.cfg.rtc_port, d.force_tcp, &self.fingerprints);
+        self.by_ufrag.insert(t.ice.local_ufrag().to_owned(), id.clone());
+        peer.transports.push(id.clone());
+        self.transports.insert(id, t);
+        Ok(answer)
+    }
+
+    fn owned_transport(&mut self, peer_id: &PeerId, id: &TransportId) -> Result<&mut Transport, RequestFailure> {
+        match self.transports.get_mut(id) {
+            Some(t) if &t.peer == peer_id => Ok(t),
+            _ => Err(not_found("transport", id.as_str())),
+        }
+    }
+
+    fn connect_transport(&mut self, peer_id: &PeerId, id: &TransportId, dtls: &Value) -> Result<Value, RequestFailure> {
+        let params = crate::edge::dtls::DtlsParameters::from_json(dtls).map_err(|e| bad_request(e.to_string()))?;
+        let t = self.owned_transport(peer_id, id)?;
+        let role = t.connect(&params).map_err(bad_request)?;
+        self.outputs.push_back(Output::DtlsStart {
+            transport: id.clone(),
+            role,
+            fingerprints: params.fingerprints,
+        });
+        Ok(Value::Object(Default::default()))
+    }
+
+    fn restart_ice(&mut self, peer_id: &PeerId, id: &TransportId) -> Result<Value, RequestFailure> {
+        let mut rng = StdRng::seed_from_u64(rand::RngCore::next_u64(&mut self.rng));
+        let t = self.owned_transport(peer_id, id)?;
+        let old = t.ice.local_ufrag().to_owned();
+        let answer = t.restart_ice(&mut rng);
+        let new = t.ice.local_ufrag().to_owned();
+        self.by_ufrag.remove(&old);
+        self.by_ufrag.insert(new, id.clone());
+        Ok(answer)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn produce(&mut self, now: Instant, room_id: &RoomId, peer_id: &PeerId, transport_id: &TransportId, kind: &str, rtp_parameters: Value, app_data: Value) -> Result<Value, RequestFailure> {
+        let t = self.owned_transport(peer_id, transport_id)?;
+        if !t.producing {
+            return Err(bad_request("transport was not created for producing"));
+        }
+        let room = self.rooms.get_mut(room_id).ok_or_else(|| not_found("room", room_id.as_str()))?;
+        room.produce(now, peer_id, transport_id, kind, rtp_parameters, app_data, &self.router_caps, &mut self.rng, &mut self.outputs, &mut self.transports)
+    }
+
+    /// A packet arrived on the shared port (a UDP datagram or one RFC 4571 frame).
+    pub fn handle_packet(&mut self, now: Instant, tuple: Tuple, data: &[u8]) {
+        media::handle_packet(self, now, tuple, data);
+    }
+
+    /// A TCP connection closed: its tuple is gone.
+    pub fn handle_tcp_closed(&mut self, now: Instant, remote: SocketAddr) {
+        let tuple = Tuple {
+            protocol: crate::edge::ice::Protocol::Tcp,
+            remote,
+        };
+        if let Some(id) = self.by_tuple.remove(&tuple) {
+            if let Some(t) = self.transports.get_mut(&id) {
+                t.ice.remove_tuple(&tuple);
+                self.after_ice(now, &id);
+            }
+        }
+    }
+
+    /// An event from a transport's DTLS session.
+    pub fn handle_dtls(&mut self, now: Instant, id: &TransportId, ev: DtlsEvent) {
+        let Some(t) = self.transports.get_mut(id) else { return };
+        match ev {
+            DtlsEvent::Transmit(data) => {
+                if let Some(tuple) = t.ice.selected_tuple() {
+                    self.outputs.push_back(Output::Transmit { tuple, data });
+                }
+            }
+            DtlsEvent::Connected(keys) => {
+                if let Err(e) = t.on_dtls_connected(&keys) {
+                    tracing::warn!(transport = %id, error = %e, "SRTP setup failed; closing transport");
+                    self.close_transport(id);
+                    return;
+                }
+                tracing::debug!(transport = %id, "DTLS connected");
+                if let Some(room) = self.rooms.get_mut(&t.room.clone()) {
+                    room.on_transport_connected(now, id, &mut self.outputs, &mut self.transports);
+                }
+            }
+            DtlsEvent::Failed(reason) => {
+                self.counters.dtls_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(transport = %id, %reason, "DTLS failed; closing transport");
+                self.close_transport(id);
+            }
+            DtlsEvent::Closed => {
+                tracing::info!(transport = %id, "DTLS closed by remote; closing transport");
+                self.close_transport(id);
+            }
+        }
+    }
+
+    /// Drains a transport's ICE events (tuple changes, consent expiry).
+    fn after_ice(&mut self, _now: Instant, id: &TransportId) {
+        use crate::edge::ice::IceEvent;
+        let mut close = false;
+        if let Some(t) = self.transports.get_mut(id) {
+            while let Some(ev) = t.ice.poll_event() {
+                match ev {
+                    IceEvent::TupleAdded(tuple) | IceEvent::SelectedTupleChanged(tuple) => {
+                        self.by_tuple.insert(tuple, id.clone());
+                    }
+                    IceEvent::ConsentExpired => close = true,
+                    _ => {}
+                }
+            }
+        }
+        if close {
+            tracing::info!(transport = %id, "ICE consent expired; closing transport");
+            if let Some(t) = self.transports.get(id) {
+                for tuple in t.ice.tuples() {
+                    if tuple.protocol == crate::edge::ice::Protocol::Tcp {
+                        self.outputs.push_back(Output::CloseTcp { remote: tuple.remote });
+                    }
+                }
+            }
+            self.close_transport(id);
+        }
+    }
+
+    /// Runs due timers: ICE consent, RTCP reports, NACK retries, feedback.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let ids: Vec<TransportId> = self
+            .transports
+            .iter()
+            .filter(|(_, t)| t.poll_timeout().is_some_and(|d| d <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            if let Some(t) = self.transports.get_mut(&id) {
+                t.ice.handle_timeout(now);
+            }
+            self.after_ice(now, &id);
+        }
+        for room in self.rooms.values_mut() {
+            room.handle_timeout(now, &mut self.outputs, &mut self.transports);
+        }
+    }
+}
