@@ -78,7 +78,7 @@ impl Default for Config {
             admin_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090),
             node_id: default_node_id(),
             region: "default".into(),
-            log: "info".into(),
+            log: "info,dtls=error".into(),
             web_root: None,
             consent_timeout_secs: 30,
             max_peers_per_room: 500,

@@ -5,3 +5,5 @@
 
 pub mod media;
 pub mod stats;
+pub mod client;
+pub mod run;

@@ -921,8 +921,8 @@ fn reduce_bwe_feedback(params: &mut RtpParameters) {
 
 /// The RTP parameters of a consumer, as mediasoup's `getConsumerRtpParameters` (RTX enabled):
 /// the consumable codecs the endpoint supports (media codec plus its RTX), the consumable
-/// header extensions the endpoint accepts with the same id, BWE feedback reduced to what the
-/// extensions allow, and
+/// header extensions the endpoint accepts with the same id for the same kind, BWE feedback
+/// reduced to what the extensions allow, and
 /// - for a regular consumer (`pipe == false`), a single encoding with a fresh SSRC, an RTX
 ///   SSRC (`ssrc + 1`) when RTX is negotiated, the highest `maxBitrate` of the producer's
 ///   encodings, and a scalability mode telling mediasoup-client the layers: `S{n}T{m}` for a
@@ -938,6 +938,12 @@ pub fn get_consumer_rtp_parameters(
     ssrc_gen: &mut impl FnMut() -> u32,
 ) -> Result<RtpParameters, OrtcError> {
     let (codecs, rtx) = consumer_codecs(consumable, caps)?;
+    // mediasoup matches extensions on uri and id only; we also require the kind, so an audio
+    // consumer does not get an extension the endpoint accepts only for video.
+    let kind = codecs
+        .first()
+        .and_then(|c| parse_mime_type(&c.mime_type))
+        .map(|(kind, _)| kind);
     let mut out = RtpParameters {
         mid: None,
         codecs,
@@ -947,7 +953,7 @@ pub fn get_consumer_rtp_parameters(
             .filter(|e| {
                 caps.header_extensions
                     .iter()
-                    .any(|c| c.preferred_id == e.id && c.uri == e.uri)
+                    .any(|c| c.preferred_id == e.id && c.uri == e.uri && Some(c.kind) == kind)
             })
             .cloned()
             .collect(),
@@ -1189,7 +1195,7 @@ mod tests {
             CodecParameters::new(),
             vec![],
         );
-        let caps = generate_router_rtp_capabilities(&[pcmu.clone()]).unwrap();
+        let caps = generate_router_rtp_capabilities(std::slice::from_ref(&pcmu)).unwrap();
         assert_eq!(caps.codecs[0].preferred_payload_type, Some(0));
         assert_eq!(
             generate_router_rtp_capabilities(&[pcmu.clone(), pcmu]),
@@ -1309,7 +1315,8 @@ mod tests {
                 },
             ]
         );
-        let encs: Vec<(Option<&str>, Option<u32>, Option<&str>, u32)> = mapping
+        type Row<'a> = (Option<&'a str>, Option<u32>, Option<&'a str>, u32);
+        let encs: Vec<Row<'_>> = mapping
             .encodings
             .iter()
             .map(|e| {

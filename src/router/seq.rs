@@ -1098,6 +1098,21 @@ mod tests {
     }
 
     #[test]
+    fn seq_far_ahead_input_ignores_remembered_drops() {
+        // 8-bit: drops stay remembered while a new input jumps almost half the range ahead;
+        // comparing it with those drops would wrap and miscount.
+        let mut m = SeqManager::with_bits(8);
+        assert_eq!(m.input(0), Some(0));
+        for i in 1..=10 {
+            m.drop(i);
+        }
+        assert_eq!(m.input(60), Some(50));
+        assert_eq!(m.input(187), Some(177));
+        // Late, but after every drop: still maps correctly.
+        assert_eq!(m.input(59), Some(49));
+    }
+
+    #[test]
     fn seq_many_drops_memory_bounded_and_old_refused() {
         let mut m = SeqManager::new();
         assert_eq!(m.input(0), Some(0));

@@ -66,6 +66,7 @@ struct ProducerStream {
     rtx_ssrc: Option<u32>,
     stats: ReceiveStats,
     nack: NackGenerator,
+    last_packet: Option<Instant>,
 }
 
 /// A producer: media a client sends.
@@ -111,11 +112,16 @@ impl Producer {
         peer: PeerId,
         transport: &mut Transport,
         kind: MediaKind,
-        params: RtpParameters,
+        mut params: RtpParameters,
         app_data: Value,
         router_caps: &RtpCapabilities,
         rng: &mut StdRng,
     ) -> Result<Self, String> {
+        // As mediasoup: producers without a CNAME (Chrome's simulcast sends "") get the
+        // transport's, so every consumer has a stream id for its msid.
+        if params.rtcp.cname.as_deref().is_none_or(str::is_empty) {
+            params.rtcp.cname = Some(transport.cname_for_producers.clone());
+        }
         ortc::validate_rtp_parameters(&params).map_err(|e| format!("invalid rtpParameters: {e}"))?;
         if params.encodings.is_empty() {
             return Err("rtpParameters.encodings is empty".into());
@@ -164,6 +170,7 @@ impl Producer {
                 rtx_ssrc: e.rtx.map(|r| r.ssrc),
                 stats: ReceiveStats::new(),
                 nack: NackGenerator::new(NackConfig::default()),
+                last_packet: None,
             })
             .collect();
         // Conflicting SSRCs on one transport would misroute media: refuse them.
@@ -424,6 +431,15 @@ impl Consumer {
     }
 }
 
+/// The highest active encoding not above `preferred`, else the lowest active one above it.
+fn best_active_layer(active: &[bool], preferred: usize) -> Option<usize> {
+    let upto = preferred.min(active.len().saturating_sub(1));
+    (0..=upto)
+        .rev()
+        .find(|&i| active[i])
+        .or_else(|| (upto + 1..active.len()).find(|&i| active[i]))
+}
+
 /// `getTransportStats`.
 pub fn transport_stats(t: &Transport) -> Value {
     json!([{
@@ -615,6 +631,7 @@ fn forward(
         stream.ssrc = Some(view.ssrc());
     }
     let seq = view.sequence_number();
+    stream.last_packet = Some(now);
     stream.stats.on_packet(now, seq, view.timestamp(), p.clock_rate, view.len());
     let _ = stream.nack.on_packet(now, seq);
     let mapped_pt = p.pt_map.get(view.payload_type() as usize).copied().unwrap_or(0xFF);
@@ -634,6 +651,12 @@ fn forward(
     let encoding = sref.encoding;
     let producer_id = p.id.clone();
     let consumers = p.consumers.clone();
+    // Encodings that carried media within the last second (Chrome enables higher simulcast
+    // layers only as its bandwidth estimate grows).
+    let mut active = [false; 8];
+    for (i, s) in p.streams.iter().enumerate().take(active.len()) {
+        active[i] = s.last_packet.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1));
+    }
     let mut want_keyframe: Vec<usize> = Vec::new();
     for cid in &consumers {
         let Some(c) = room.consumers.get_mut(cid) else { continue };
@@ -642,6 +665,12 @@ fn forward(
             continue;
         }
         if c.simulcast {
+            let best = best_active_layer(&active, c.preferred_spatial as usize);
+            if let Some(best) = best {
+                if best != c.target_encoding {
+                    c.target_encoding = best;
+                }
+            }
             // Switch layers only on a keyframe of the target encoding.
             if encoding == c.target_encoding && c.current_encoding != Some(encoding) {
                 if is_key {

@@ -55,6 +55,8 @@ pub struct Transport {
     pub consumer_by_ssrc: HashMap<u32, ConsumerId>,
     /// Transport-wide-cc sequence number for packets we send.
     pub twcc_out_seq: u16,
+    /// CNAME given to producers that signal none.
+    pub cname_for_producers: String,
     /// Receiver side of transport-wide-cc for what the client sends us.
     pub twcc_in: Option<crate::worker::media::TwccIn>,
 }
@@ -88,6 +90,10 @@ impl Transport {
             consumer_by_ssrc: HashMap::new(),
             twcc_out_seq: 0,
             twcc_in: None,
+            cname_for_producers: {
+                use rand::Rng;
+                (0..16).map(|_| char::from(b'a' + rng.random_range(0..26u8))).collect()
+            },
         }
     }
 

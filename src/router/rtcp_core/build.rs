@@ -133,7 +133,12 @@ pub fn pack_nack_pairs(seqs: &[u16]) -> impl Iterator<Item = (u16, u16)> + '_ {
     })
 }
 
+/// Most `(pid, blp)` pairs one NACK packet can carry (16-bit length field).
+pub const MAX_NACK_PAIRS: usize = u16::MAX as usize - 2;
+
 /// Appends one Generic NACK packet requesting `seqs`. Writes nothing for an empty list.
+/// Pairs beyond [`MAX_NACK_PAIRS`] are dropped; callers keep packets below the MTU by
+/// splitting long lists (e.g. `seqs.chunks(200)`) anyway.
 pub fn write_nack(out: &mut Vec<u8>, sender_ssrc: u32, media_ssrc: u32, seqs: &[u16]) {
     if seqs.is_empty() {
         return;
@@ -141,7 +146,7 @@ pub fn write_nack(out: &mut Vec<u8>, sender_ssrc: u32, media_ssrc: u32, seqs: &[
     let start = begin_packet(out, feedback_format::NACK, packet_type::RTPFB);
     put_u32(out, sender_ssrc);
     put_u32(out, media_ssrc);
-    for (pid, blp) in pack_nack_pairs(seqs) {
+    for (pid, blp) in pack_nack_pairs(seqs).take(MAX_NACK_PAIRS) {
         out.extend_from_slice(&pid.to_be_bytes());
         out.extend_from_slice(&blp.to_be_bytes());
     }

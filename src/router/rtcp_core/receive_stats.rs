@@ -77,9 +77,9 @@ impl RateWindow {
         }
         let idx = self.bucket_index(now);
         self.advance(idx);
-        let bytes: u64 = self.buckets.iter().sum();
-        bytes.saturating_mul(8) * 1000
-            / (RATE_BUCKET_WIDTH.as_millis() as u64 * RATE_BUCKETS as u64)
+        let bytes = self.buckets.iter().fold(0u64, |a, b| a.saturating_add(*b));
+        let window_ms = RATE_BUCKET_WIDTH.as_millis() as u64 * RATE_BUCKETS as u64;
+        bytes.saturating_mul(8 * 1000) / window_ms
     }
 }
 
@@ -157,7 +157,7 @@ pub struct ReceiveStats {
     /// Relative transit time of the previous packet, in RTP units (wrapping).
     transit: Option<u32>,
     /// Interarrival jitter scaled by 16 (RFC 3550 A.8 integer version).
-    jitter_q4: u32,
+    jitter_q4: u64,
     /// Time origin for converting arrival times to RTP units.
     epoch: Option<Instant>,
     octets: u64,
@@ -284,12 +284,10 @@ impl ReceiveStats {
         let arrival = (elapsed.as_nanos() * u128::from(clock_rate) / 1_000_000_000) as u32;
         let transit = arrival.wrapping_sub(rtp_timestamp);
         if let Some(prev) = self.transit {
-            let d = (transit.wrapping_sub(prev) as i32).unsigned_abs();
-            // jitter += (|d| - jitter) / 16, kept scaled by 16.
-            self.jitter_q4 = self
-                .jitter_q4
-                .wrapping_add(d)
-                .wrapping_sub((self.jitter_q4 + 8) >> 4);
+            let d = u64::from((transit.wrapping_sub(prev) as i32).unsigned_abs());
+            // jitter += (|d| - jitter) / 16, kept scaled by 16; |d| < 2^31 bounds it below
+            // 2^35, so u64 cannot overflow whatever the timestamps.
+            self.jitter_q4 = self.jitter_q4 + d - ((self.jitter_q4 + 8) >> 4);
         }
         self.transit = Some(transit);
     }
@@ -332,7 +330,7 @@ impl ReceiveStats {
 
     /// Interarrival jitter in RTP timestamp units.
     pub fn jitter(&self) -> u32 {
-        self.jitter_q4 >> 4
+        u32::try_from(self.jitter_q4 >> 4).unwrap_or(u32::MAX)
     }
 
     /// Bytes received in total.
@@ -569,5 +567,23 @@ mod tests {
         assert_eq!(ScoreHistory::score_for_loss(0, 0), 10);
         assert_eq!(ScoreHistory::score_for_loss(100, 100), 0);
         assert_eq!(ScoreHistory::score_for_loss(500, 100), 0);
+    }
+
+    #[test]
+    fn hostile_timestamps_and_clock_rates_do_not_panic() {
+        let t0 = Instant::now();
+        let mut s = ReceiveStats::new();
+        for i in 0..10_000u32 {
+            let ts = if i % 2 == 0 { 0 } else { 0x8000_0000 };
+            s.on_packet(t0 + MS * i, i as u16, ts, u32::MAX, usize::MAX);
+        }
+        assert!(s.jitter() > 0);
+        let _ = s.bitrate_bps(t0 + MS * 10_000);
+        let _ = s.report_block(t0, 1);
+        // Clock rate 0 skips jitter; time going backwards saturates.
+        let mut s = ReceiveStats::new();
+        s.on_packet(t0 + MS * 10, 1, 5, 0, 1);
+        s.on_packet(t0, 2, 50, 0, 1);
+        assert_eq!(s.jitter(), 0);
     }
 }

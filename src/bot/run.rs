@@ -1,0 +1,211 @@
+//! `pipemesh bot`: runs N bot peers against a node for a while, printing one statistics line
+//! per received stream every report interval and a final summary.
+//!
+//! The networking lives in [`super::client`]; this file only parses options, schedules the
+//! reports and aggregates [`Totals`].
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use super::client::{Bot, BotError, BotOptions};
+use super::stats::{RecvStats, Totals};
+
+/// Upper bound of `--count`: each bot holds two sockets, a WebSocket and a few tasks.
+pub const MAX_BOTS: usize = 1000;
+
+/// Flags of `pipemesh bot`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BotArgs {
+    /// Signaling URL of the node.
+    #[arg(long, default_value = "ws://127.0.0.1:4443")]
+    pub server: String,
+    /// Room to join.
+    #[arg(long, default_value = "pipemesh-bots")]
+    pub room: String,
+    /// Peer id (random when absent); with --count > 1 each bot appends `-N`.
+    #[arg(long)]
+    pub peer_id: Option<String>,
+    /// What to produce: a comma-separated list of `audio`, `video`, or `none`.
+    #[arg(long, default_value = "audio,video")]
+    pub produce: String,
+    /// Consume the room's producers (`--consume=false` to only publish).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true")]
+    pub consume: bool,
+    /// Number of bot peers in this process.
+    #[arg(long, default_value_t = 1)]
+    pub count: usize,
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub duration: u64,
+    /// Use the node's TCP candidates instead of UDP.
+    #[arg(long)]
+    pub tcp: bool,
+    /// Seconds between statistics lines.
+    #[arg(long, default_value_t = 5)]
+    pub report_interval: u64,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    /// Bots that joined.
+    pub bots: usize,
+    /// RTP packets the bots sent.
+    pub rtp_sent: u64,
+    /// Aggregate over every received stream.
+    pub totals: Totals,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "summary bots={} sent={} {}",
+            self.bots, self.rtp_sent, self.totals
+        )
+    }
+}
+
+/// Parses `--produce`: `(audio, video)`.
+pub fn parse_produce(s: &str) -> Result<(bool, bool), BotError> {
+    let (mut audio, mut video) = (false, false);
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.to_ascii_lowercase().as_str() {
+            "audio" => audio = true,
+            "video" => video = true,
+            "none" => {}
+            other => {
+                return Err(BotError::InvalidArgument(format!(
+                    "--produce: unknown kind {other:?} (audio, video, none)"
+                )))
+            }
+        }
+    }
+    Ok((audio, video))
+}
+
+/// Peer ids for `count` bots.
+pub fn peer_ids(base: Option<&str>, count: usize) -> Vec<String> {
+    let base = base
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("bot-{:06x}", rand::rng().random::<u32>() & 0xff_ffff));
+    if count == 1 {
+        vec![base]
+    } else {
+        (0..count).map(|i| format!("{base}-{i}")).collect()
+    }
+}
+
+/// Runs the bots and returns the summary (also printed as the last line).
+pub async fn run(args: BotArgs) -> Result<Summary, BotError> {
+    if args.count == 0 || args.count > MAX_BOTS {
+        return Err(BotError::InvalidArgument(format!(
+            "--count must be 1..={MAX_BOTS}"
+        )));
+    }
+    if args.report_interval == 0 {
+        return Err(BotError::InvalidArgument(
+            "--report-interval must be at least 1".into(),
+        ));
+    }
+    let (audio, video) = parse_produce(&args.produce)?;
+    let mut bots = Vec::with_capacity(args.count);
+    for peer in peer_ids(args.peer_id.as_deref(), args.count) {
+        let mut o = BotOptions::new(&args.server, &args.room, &peer);
+        o.audio = audio;
+        o.video = video;
+        o.consume = args.consume;
+        o.tcp = args.tcp;
+        bots.push(Bot::join(o).await?);
+    }
+    let start = Instant::now();
+    let end = start + Duration::from_secs(args.duration);
+    let interval = Duration::from_secs(args.report_interval);
+    let mut next = start + interval;
+    while next < end {
+        tokio::time::sleep_until(next.into()).await;
+        report(&bots, start).await;
+        next += interval;
+    }
+    tokio::time::sleep_until(end.into()).await;
+
+    let now = Instant::now();
+    let mut all: Vec<RecvStats> = Vec::new();
+    let mut rtp_sent = 0;
+    for b in &bots {
+        if let Ok(s) = b.stats().await {
+            all.extend(s.into_iter().map(|s| s.stats));
+        }
+        rtp_sent += b.send_transport().map_or(0, |t| t.state().rtp_sent);
+    }
+    let summary = Summary {
+        bots: bots.len(),
+        rtp_sent,
+        totals: Totals::collect(&all, now),
+    };
+    println!("{summary}");
+    for b in bots {
+        b.close().await;
+    }
+    Ok(summary)
+}
+
+async fn report(bots: &[Bot], start: Instant) {
+    let now = Instant::now();
+    let t = now.saturating_duration_since(start).as_secs();
+    for b in bots {
+        let Ok(streams) = b.stats().await else {
+            println!("t={t}s peer={} transport closed", b.peer_id());
+            continue;
+        };
+        for s in streams {
+            println!(
+                "t={t}s peer={} from={} {}",
+                b.peer_id(),
+                s.consumer.peer_id,
+                s.stats.snapshot(now)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn produce_list() {
+        assert_eq!(parse_produce("audio,video").unwrap(), (true, true));
+        assert_eq!(parse_produce("video").unwrap(), (false, true));
+        assert_eq!(parse_produce("none").unwrap(), (false, false));
+        assert_eq!(parse_produce(" Audio , ").unwrap(), (true, false));
+        assert!(parse_produce("smell").is_err());
+    }
+
+    #[test]
+    fn ids() {
+        assert_eq!(peer_ids(Some("b"), 1), vec!["b"]);
+        assert_eq!(peer_ids(Some("b"), 3), vec!["b-0", "b-1", "b-2"]);
+        let r = peer_ids(None, 2);
+        assert!(r[0].starts_with("bot-") && r[0].ends_with("-0"));
+    }
+
+    #[test]
+    fn args_parse() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bot: BotArgs,
+        }
+        let c = Cli::parse_from(["x", "--count", "3", "--tcp", "--consume=false"]);
+        assert_eq!(c.bot.count, 3);
+        assert!(c.bot.tcp && !c.bot.consume);
+        let c = Cli::parse_from(["x", "--produce", "none", "--consume"]);
+        assert!(c.bot.consume);
+        assert_eq!(c.bot.produce, "none");
+    }
+}
