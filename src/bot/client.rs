@@ -1607,8 +1607,9 @@ pub struct ProducerInfo {
 /// `newConsumer` requests are answered automatically.
 pub struct Bot {
     peer_id: String,
+    peers_at_join: Vec<String>,
     signaling: SignalingClient,
-    send: Option<BotTransport>,
+    send: Option<Arc<BotTransport>>,
     recv: Option<Arc<BotTransport>>,
     router_caps: RtpCapabilities,
     producers: Vec<ProducerInfo>,
@@ -1669,7 +1670,7 @@ impl Bot {
         };
         let produce = opts.audio || opts.video;
         let send = if produce {
-            Some(open(true).await?)
+            Some(Arc::new(open(true).await?))
         } else {
             None
         };
@@ -1711,7 +1712,7 @@ impl Bot {
             })
         };
 
-        signaling
+        let joined = signaling
             .request(
                 "join",
                 json!({
@@ -1724,8 +1725,18 @@ impl Bot {
             )
             .await?;
 
+        let peers_at_join = joined
+            .get("peers")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.get("id").and_then(Value::as_str).map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut bot = Bot {
             peer_id: opts.peer_id.clone(),
+            peers_at_join,
             signaling,
             send,
             recv,
@@ -1795,6 +1806,11 @@ impl Bot {
         &self.peer_id
     }
 
+    /// Ids of the peers the `join` response listed.
+    pub fn peers_at_join(&self) -> &[String] {
+        &self.peers_at_join
+    }
+
     /// Whether the bot uses TCP.
     pub fn is_tcp(&self) -> bool {
         self.tcp
@@ -1811,13 +1827,13 @@ impl Bot {
     }
 
     /// The sending transport, if producing.
-    pub fn send_transport(&self) -> Option<&BotTransport> {
-        self.send.as_ref()
+    pub fn send_transport(&self) -> Option<Arc<BotTransport>> {
+        self.send.clone()
     }
 
     /// The receiving transport, if consuming.
-    pub fn recv_transport(&self) -> Option<&BotTransport> {
-        self.recv.as_deref()
+    pub fn recv_transport(&self) -> Option<Arc<BotTransport>> {
+        self.recv.clone()
     }
 
     /// The producer of `kind`, if any.
@@ -1933,7 +1949,7 @@ impl Bot {
     /// credentials. Returns them.
     pub async fn restart_ice(&self, sending: bool) -> Result<IceParameters, BotError> {
         let t = if sending {
-            self.send.as_ref()
+            self.send.as_deref()
         } else {
             self.recv.as_deref()
         }

@@ -20,11 +20,14 @@ use super::{Output, Transport, Worker};
 use crate::edge::demux::{classify, PacketClass};
 use crate::edge::ice::Tuple;
 use crate::ids::{ConsumerId, PeerId, ProducerId, TransportId};
-use crate::router::keyframe::{self, VideoCodec};
+use crate::signaling::server::ToPeer;
+use crate::router::keyframe::{self, VideoCodec, Vp8Rewriter};
+use crate::router::rtp_parameters::ScalabilityMode;
+use crate::router::simulcast::{Forward, LayerPacket, SimulcastConfig, SimulcastEvent, SimulcastSelector};
 use crate::router::ortc;
 use crate::router::rtcp_core::{
     self, parse_compound, KeyFrameRequestKind, KeyFrameRequestManager, NackConfig, NackGenerator, ReceiveStats,
-    RtcpItem, SendStats,
+    RtcpItem, SendStats, TwccRecorder,
 };
 use crate::router::rtp_parameters::{Codec, MediaKind, RtpCapabilities, RtpParameters};
 use crate::router::rtx::{RetransmissionBuffer, RetransmissionConfig, RtxEncoder};
@@ -57,6 +60,18 @@ pub struct StreamRef {
 pub struct TwccIn {
     /// Header extension id the client uses.
     pub ext_id: u8,
+    /// Arrival record and feedback builder.
+    pub recorder: TwccRecorder,
+    /// A media SSRC of the transport, named in feedback packets.
+    pub media_ssrc: u32,
+}
+
+impl TwccIn {
+    /// Writes due feedback into `buf` (cleared first); true when there is some to send.
+    pub fn poll_feedback(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
+        buf.clear();
+        self.recorder.poll_feedback(now, RTCP_SENDER_SSRC, self.media_ssrc, buf) > 0
+    }
 }
 
 /// One incoming encoding of a producer.
@@ -100,6 +115,8 @@ pub struct Producer {
     clock_rate: u32,
     keyframes: KeyFrameRequestManager,
     next_report: Instant,
+    /// Scores last notified (producerScore is sent when they change).
+    last_scores: Vec<u8>,
 }
 
 impl Producer {
@@ -191,7 +208,11 @@ impl Producer {
         }
         if transport.twcc_in.is_none() {
             if let Some(e) = params.header_extensions.iter().find(|e| e.uri == URI_TWCC) {
-                transport.twcc_in = Some(TwccIn { ext_id: e.id });
+                transport.twcc_in = Some(TwccIn {
+                    ext_id: e.id,
+                    recorder: TwccRecorder::new(crate::timing::TWCC_FEEDBACK_INTERVAL),
+                    media_ssrc: 0,
+                });
             }
         }
         Ok(Self {
@@ -217,7 +238,31 @@ impl Producer {
             },
             keyframes: KeyFrameRequestManager::new(KEYFRAME_REQUEST_THROTTLE),
             next_report: now + RTCP_REPORT_INTERVAL,
+            last_scores: Vec::new(),
         })
+    }
+
+    /// Per-encoding scores (0..=10) from reception statistics; 0 for a silent encoding.
+    pub fn scores(&self, now: Instant) -> Vec<u8> {
+        self.streams
+            .iter()
+            .map(|s| match s.last_packet {
+                Some(t) if now.saturating_duration_since(t) < Duration::from_secs(2) => s.stats.score(),
+                _ => 0,
+            })
+            .collect()
+    }
+
+    /// The `producerScore` / `consumerScore` `producerScores` JSON.
+    fn scores_json(&self, scores: &[u8]) -> Value {
+        Value::Array(
+            self.streams
+                .iter()
+                .zip(scores)
+                .enumerate()
+                .map(|(i, (s, score))| json!({"encodingIdx": i, "ssrc": s.ssrc, "rid": s.rid, "score": score}))
+                .collect(),
+        )
     }
 
     /// Removes this producer's SSRCs from its transport.
@@ -306,11 +351,10 @@ pub struct Consumer {
     /// Priority set by `setConsumerPriority`.
     pub priority: u8,
     simulcast: bool,
-    /// Encoding currently forwarded and the one wanted.
-    current_encoding: Option<usize>,
-    target_encoding: usize,
-    preferred_spatial: u8,
-    preferred_temporal: Option<u8>,
+    /// Layer selection of a simulcast consumer.
+    selector: Option<SimulcastSelector>,
+    /// PictureID/TL0PICIDX continuity for a simulcast VP8 consumer.
+    vp8: Option<Vp8Rewriter>,
     payload_type: u8,
     ssrc: u32,
     rewriter: StreamRewriter,
@@ -320,6 +364,8 @@ pub struct Consumer {
     twcc_ext: Option<u8>,
     scratch: Vec<u8>,
     next_report: Instant,
+    /// (score, producer score) last notified.
+    last_score: Option<(u8, u8)>,
 }
 
 impl Consumer {
@@ -360,10 +406,11 @@ impl Consumer {
             producer_paused: producer.paused,
             priority: 1,
             simulcast: n > 1,
-            current_encoding: None,
-            target_encoding: n.saturating_sub(1),
-            preferred_spatial: n.saturating_sub(1) as u8,
-            preferred_temporal: None,
+            selector: (n > 1).then(|| {
+                let temporal = ScalabilityMode::parse_or_default(enc.scalability_mode.as_deref()).temporal_layers;
+                SimulcastSelector::new(SimulcastConfig::default(), n as u8, temporal.max(1) as u8)
+            }),
+            vp8: (n > 1 && producer.video_codec == Some(VideoCodec::Vp8)).then(Vp8Rewriter::new),
             payload_type,
             ssrc,
             rewriter: StreamRewriter::new(ssrc, clock_rate, rand::random()),
@@ -374,6 +421,7 @@ impl Consumer {
             scratch: Vec::with_capacity(1500),
             rtp_parameters,
             next_report: now + RTCP_REPORT_INTERVAL,
+            last_score: None,
         }
     }
 
@@ -399,23 +447,33 @@ impl Consumer {
     /// The consumer (re)starts: continuity on the next packet and a keyframe for video.
     pub fn on_resumed(&mut self, now: Instant, producer: &mut Producer, outputs: &mut Outputs, transports: &mut Transports) {
         self.rewriter.request_sync();
-        self.current_encoding = None;
-        let reqs = producer.request_keyframe(now, Some(self.target_encoding).filter(|_| self.simulcast));
+        if let Some(v) = self.vp8.as_mut() {
+            v.sync();
+        }
+        let encoding = self.selector.as_ref().and_then(|s| s.target_layers()).map(|(s, _)| s as usize);
+        let reqs = producer.request_keyframe(now, encoding);
         send_keyframe_requests(producer, reqs, outputs, transports);
     }
 
+    /// Encoding currently forwarded (simulcast), or 0.
+    fn current_encoding(&self) -> Option<usize> {
+        match &self.selector {
+            Some(s) => s.current_layers().map(|(s, _)| s as usize),
+            None => Some(0),
+        }
+    }
+
     /// `setConsumerPreferredLayers`.
-    pub fn set_preferred_layers(&mut self, _now: Instant, spatial: u8, temporal: Option<u8>) {
-        self.preferred_spatial = spatial;
-        self.preferred_temporal = temporal;
-        if self.simulcast {
-            self.target_encoding = spatial as usize;
+    pub fn set_preferred_layers(&mut self, now: Instant, spatial: u8, temporal: Option<u8>) {
+        if let Some(s) = self.selector.as_mut() {
+            s.set_preferred_layers(now, spatial, temporal.unwrap_or(u8::MAX));
         }
     }
 
     /// Next media deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        Some(self.next_report)
+        let s = self.selector.as_ref().and_then(|s| s.poll_timeout());
+        Some(s.map_or(self.next_report, |s| s.min(self.next_report)))
     }
 
     /// `getConsumerStats`.
@@ -429,15 +487,6 @@ impl Consumer {
             "fractionLost": self.send.remote_fraction_lost(),
         }])
     }
-}
-
-/// The highest active encoding not above `preferred`, else the lowest active one above it.
-fn best_active_layer(active: &[bool], preferred: usize) -> Option<usize> {
-    let upto = preferred.min(active.len().saturating_sub(1));
-    (0..=upto)
-        .rev()
-        .find(|&i| active[i])
-        .or_else(|| (upto + 1..active.len()).find(|&i| active[i]))
 }
 
 /// `getTransportStats`.
@@ -476,6 +525,20 @@ fn send_rtcp(transports: &mut Transports, id: &TransportId, plain: &[u8], output
     if let Ok(enc) = ctx.encrypt_rtcp(plain) {
         outputs.push_back(Output::Transmit { tuple, data: enc.to_vec() });
     }
+}
+
+/// Sends transport-wide-cc feedback to a publishing client when due.
+pub fn send_twcc_feedback(t: &mut Transport, now: Instant, buf: &mut Vec<u8>, outputs: &mut Outputs) {
+    let Some(twcc) = t.twcc_in.as_mut() else { return };
+    if !twcc.poll_feedback(now, buf) {
+        return;
+    }
+    let Some(tuple) = t.ice.selected_tuple() else { return };
+    let Some(ctx) = t.srtp_out.as_mut() else { return };
+    if let Ok(enc) = ctx.encrypt_rtcp(buf) {
+        outputs.push_back(Output::Transmit { tuple, data: enc.to_vec() });
+    }
+    buf.clear();
 }
 
 /// Entry point for every packet on the shared port.
@@ -562,8 +625,13 @@ fn handle_rtp(w: &mut Worker, now: Instant, id: &TransportId, data: &[u8]) {
             }
         },
     };
-    if let Some(twcc) = &t.twcc_in {
-        let _ = view.transport_wide_seq(twcc.ext_id);
+    if let Some(twcc) = t.twcc_in.as_mut() {
+        if let Some(seq) = view.transport_wide_seq(twcc.ext_id) {
+            twcc.recorder.on_packet(now, seq);
+            if twcc.media_ssrc == 0 {
+                twcc.media_ssrc = ssrc;
+            }
+        }
     }
     let room_id = t.room.clone();
     let Some(room) = rooms.get_mut(&room_id) else { return };
@@ -648,15 +716,19 @@ fn forward(
         return;
     }
     let len = view.len();
+    let payload_range = view.payload_offset()..view.payload_offset() + view.payload_len();
     let encoding = sref.encoding;
+    let layer = match p.video_codec.and_then(|c| keyframe::layer_info(c, view.payload())) {
+        Some(i) => LayerPacket {
+            spatial: encoding as u8,
+            temporal: i.temporal_id,
+            keyframe: i.keyframe,
+            layer_sync: i.layer_sync,
+        },
+        None => LayerPacket { spatial: encoding as u8, ..LayerPacket::default() },
+    };
     let producer_id = p.id.clone();
     let consumers = p.consumers.clone();
-    // Encodings that carried media within the last second (Chrome enables higher simulcast
-    // layers only as its bandwidth estimate grows).
-    let mut active = [false; 8];
-    for (i, s) in p.streams.iter().enumerate().take(active.len()) {
-        active[i] = s.last_packet.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1));
-    }
     let mut want_keyframe: Vec<usize> = Vec::new();
     for cid in &consumers {
         let Some(c) = room.consumers.get_mut(cid) else { continue };
@@ -664,29 +736,54 @@ fn forward(
         if !c.is_active() || !t.is_connected() {
             continue;
         }
-        if c.simulcast {
-            let best = best_active_layer(&active, c.preferred_spatial as usize);
-            if let Some(best) = best {
-                if best != c.target_encoding {
-                    c.target_encoding = best;
+        if let Some(sel) = c.selector.as_mut() {
+            let decision = sel.should_forward(now, &layer);
+            match decision {
+                Forward::Ignore => {}
+                Forward::Drop => {
+                    c.rewriter.drop_input(seq);
+                    if let (Some(v), Some(payload)) = (c.vp8.as_mut(), pkt.get(payload_range.clone())) {
+                        v.drop_packet(payload);
+                    }
                 }
-            }
-            // Switch layers only on a keyframe of the target encoding.
-            if encoding == c.target_encoding && c.current_encoding != Some(encoding) {
-                if is_key {
-                    c.current_encoding = Some(encoding);
+                Forward::Switch => {
                     c.rewriter.request_sync();
-                } else {
-                    want_keyframe.push(encoding);
+                    if let Some(v) = c.vp8.as_mut() {
+                        v.sync();
+                    }
+                }
+                Forward::Forward => {}
+            }
+            while let Some(ev) = sel.poll_event() {
+                match ev {
+                    SimulcastEvent::RequestKeyFrame { spatial } => want_keyframe.push(spatial as usize),
+                    SimulcastEvent::LayersChanged { spatial, temporal } => {
+                        if let Some(peer) = room.peers.get(&c.peer) {
+                            let data = match (spatial, temporal) {
+                                (Some(s), Some(t)) => json!({"consumerId": c.id, "spatialLayer": s, "temporalLayer": t}),
+                                _ => json!({"consumerId": c.id, "spatialLayer": null, "temporalLayer": null}),
+                            };
+                            outputs.push_back(Output::ToPeer {
+                                session: peer.session,
+                                msg: ToPeer::Notify { method: "consumerLayersChanged", data },
+                            });
+                        }
+                    }
                 }
             }
-            if c.current_encoding != Some(encoding) {
+            if matches!(decision, Forward::Ignore | Forward::Drop) {
                 continue;
             }
         }
         c.scratch.clear();
         c.scratch.extend_from_slice(&pkt[..len]);
         let Ok(mut out) = RtpView::parse(&mut c.scratch[..]) else { continue };
+        if let Some(v) = c.vp8.as_mut() {
+            match v.rewrite(out.payload_mut()) {
+                Ok(true) => {}
+                _ => continue,
+            }
+        }
         let Some(rw) = c.rewriter.rewrite(now, &mut out, c.payload_type) else { continue };
         if let Some(ext) = c.twcc_ext {
             let s = t.next_twcc_seq();
@@ -702,6 +799,7 @@ fn forward(
         }
     }
     if !want_keyframe.is_empty() {
+        want_keyframe.sort_unstable();
         want_keyframe.dedup();
         if let Some(p) = room.producers.get_mut(&producer_id) {
             for e in want_keyframe {
@@ -744,7 +842,7 @@ fn handle_rtcp(w: &mut Worker, now: Instant, id: &TransportId, data: &[u8]) {
                 for b in blocks {
                     let cid = transports.get(id).and_then(|t| t.consumer_by_ssrc.get(&b.ssrc)).cloned();
                     if let Some(c) = cid.and_then(|cid| room.consumers.get_mut(&cid)) {
-                        c.send.on_receiver_report(now, &b, 0);
+                        c.send.on_receiver_report(now, &b, ntp_now(now));
                         if let Some(rtt) = c.send.rtt() {
                             c.buffer.set_rtt(rtt);
                         }
@@ -777,7 +875,7 @@ fn handle_rtcp(w: &mut Worker, now: Instant, id: &TransportId, data: &[u8]) {
             RtcpItem::Pli { media_ssrc, .. } | RtcpItem::Fir { media_ssrc, .. } => {
                 let cid = transports.get(id).and_then(|t| t.consumer_by_ssrc.get(&media_ssrc)).cloned();
                 let Some(c) = cid.and_then(|cid| room.consumers.get(&cid)) else { continue };
-                let enc = if c.simulcast { c.current_encoding.or(Some(c.target_encoding)) } else { None };
+                let enc = c.selector.as_ref().and_then(|s| s.current_layers().or(s.target_layers())).map(|(s, _)| s as usize);
                 let pid = c.producer.clone();
                 if let Some(p) = room.producers.get_mut(&pid) {
                     let reqs = p.request_keyframe(now, enc);
@@ -793,14 +891,16 @@ fn handle_rtcp(w: &mut Worker, now: Instant, id: &TransportId, data: &[u8]) {
 pub fn room_timeout(room: &mut Room, now: Instant, outputs: &mut Outputs, transports: &mut Transports) {
     let mut buf: Vec<u8> = Vec::with_capacity(256);
     let mut seqs: Vec<u16> = Vec::new();
+    let mut reported = false;
     for p in room.producers.values_mut() {
         buf.clear();
         // NACKs for missing packets.
         for s in p.streams.iter_mut() {
             let Some(ssrc) = s.ssrc else { continue };
             s.nack.poll_nacks(now, None, &mut seqs);
-            if !seqs.is_empty() {
-                rtcp_core::write_nack(&mut buf, RTCP_SENDER_SSRC, ssrc, &seqs);
+            // Bounded so one compound packet stays well under the MTU.
+            for chunk in seqs.chunks(64) {
+                rtcp_core::write_nack(&mut buf, RTCP_SENDER_SSRC, ssrc, chunk);
             }
         }
         // Held keyframe requests whose throttle window ended.
@@ -812,6 +912,7 @@ pub fn room_timeout(room: &mut Room, now: Instant, outputs: &mut Outputs, transp
         }
         if now >= p.next_report {
             p.next_report = now + RTCP_REPORT_INTERVAL;
+            reported = true;
             let mut blocks = Vec::new();
             for s in p.streams.iter_mut() {
                 if let Some(ssrc) = s.ssrc {
@@ -831,6 +932,11 @@ pub fn room_timeout(room: &mut Room, now: Instant, outputs: &mut Outputs, transp
             send_rtcp(transports, &p.transport, &buf, outputs);
         }
     }
+    // Scores move with RTCP reports: evaluate them on the same cadence.
+    if reported {
+        notify_scores(room, now, outputs);
+    }
+    simulcast_timeouts(room, now, outputs, transports);
     for c in room.consumers.values_mut() {
         if now < c.next_report {
             continue;
@@ -844,6 +950,86 @@ pub fn room_timeout(room: &mut Room, now: Instant, outputs: &mut Outputs, transp
             let _ = rtcp_core::write_sender_report(&mut buf, &sr, &[]);
             send_rtcp(transports, &c.transport, &buf, outputs);
         }
+    }
+}
+
+/// Runs simulcast selectors' timers (layer inactivity, keyframe request retries).
+fn simulcast_timeouts(room: &mut Room, now: Instant, outputs: &mut Outputs, transports: &mut Transports) {
+    let Room { producers, consumers, peers, .. } = room;
+    for c in consumers.values_mut() {
+        let Some(sel) = c.selector.as_mut() else { continue };
+        if sel.poll_timeout().is_none_or(|t| t > now) {
+            continue;
+        }
+        sel.handle_timeout(now);
+        while let Some(ev) = sel.poll_event() {
+            match ev {
+                SimulcastEvent::RequestKeyFrame { spatial } => {
+                    if let Some(p) = producers.get_mut(&c.producer) {
+                        let reqs = p.request_keyframe(now, Some(spatial as usize));
+                        send_keyframe_requests(p, reqs, outputs, transports);
+                    }
+                }
+                SimulcastEvent::LayersChanged { spatial, temporal } => {
+                    if let Some(peer) = peers.get(&c.peer) {
+                        outputs.push_back(Output::ToPeer {
+                            session: peer.session,
+                            msg: ToPeer::Notify {
+                                method: "consumerLayersChanged",
+                                data: json!({"consumerId": c.id, "spatialLayer": spatial, "temporalLayer": temporal}),
+                            },
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends `producerScore` and `consumerScore` when scores changed since the last report.
+fn notify_scores(room: &mut Room, now: Instant, outputs: &mut Outputs) {
+    let Room { producers, consumers, peers, .. } = room;
+    for p in producers.values_mut() {
+        let scores = p.scores(now);
+        let changed = scores != p.last_scores;
+        if changed {
+            if let Some(peer) = peers.get(&p.peer) {
+                outputs.push_back(Output::ToPeer {
+                    session: peer.session,
+                    msg: ToPeer::Notify {
+                        method: "producerScore",
+                        data: json!({"producerId": p.id, "score": p.scores_json(&scores)}),
+                    },
+                });
+            }
+        }
+        let producer_score = match p.consumers.first().and_then(|c| consumers.get(c)) {
+            Some(c) if c.simulcast => c.current_encoding().and_then(|e| scores.get(e)).copied().unwrap_or(0),
+            _ => scores.iter().copied().max().unwrap_or(0),
+        };
+        for cid in &p.consumers {
+            let Some(c) = consumers.get_mut(cid) else { continue };
+            let own = if c.send.packets_sent() > 0 { c.send.score() } else { 0 };
+            let pscore = if c.simulcast {
+                c.current_encoding().and_then(|e| scores.get(e)).copied().unwrap_or(producer_score)
+            } else {
+                producer_score
+            };
+            if c.last_score == Some((own, pscore)) && !changed {
+                continue;
+            }
+            c.last_score = Some((own, pscore));
+            if let Some(peer) = peers.get(&c.peer) {
+                outputs.push_back(Output::ToPeer {
+                    session: peer.session,
+                    msg: ToPeer::Notify {
+                        method: "consumerScore",
+                        data: json!({"consumerId": c.id, "score": {"score": own, "producerScore": pscore, "producerScores": scores}}),
+                    },
+                });
+            }
+        }
+        p.last_scores = scores;
     }
 }
 

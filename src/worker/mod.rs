@@ -503,6 +503,7 @@ impl Worker {
         for id in ids {
             if let Some(t) = self.transports.get_mut(&id) {
                 t.ice.handle_timeout(now);
+                media::send_twcc_feedback(t, now, &mut self.scratch, &mut self.outputs);
             }
             self.after_ice(now, &id);
         }

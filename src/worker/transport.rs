@@ -159,7 +159,11 @@ impl Transport {
 
     /// Earliest ICE deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.ice.poll_timeout()
+        let t = self.twcc_in.as_ref().and_then(|t| t.recorder.poll_timeout());
+        match (self.ice.poll_timeout(), t) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Whether media can be sent: DTLS done and a tuple selected.
