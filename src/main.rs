@@ -17,6 +17,8 @@ struct Cli {
 enum Command {
     /// Run a node.
     Serve(ServeArgs),
+    /// Run headless bot peers: publish synthetic audio/video and/or consume a room.
+    Bot(pipemesh::bot::run::BotArgs),
     /// Print the effective configuration (file, environment and flags merged) as TOML.
     Config(ServeArgs),
 }
@@ -32,6 +34,13 @@ fn main() -> Result<()> {
                 pipemesh::node::run(cfg, shutdown_signal()).await?;
                 Ok(())
             })
+        }
+        Command::Bot(args) => {
+            init_tracing(&std::env::var("PIPEMESH_LOG").unwrap_or_else(|_| "warn,dtls=error".into()))?;
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            let summary = rt.block_on(pipemesh::bot::run::run(args))?;
+            println!("{summary}");
+            Ok(())
         }
         Command::Config(args) => {
             let cfg = Config::load(&args)?;

@@ -1700,7 +1700,7 @@ impl Bot {
                         }
                         ServerMessage::Notification { method, data } => {
                             if method == "consumerClosed" {
-                                forget_consumer(&data, recv.as_deref(), &consumers).await;
+                                forget_consumer(&data, &consumers);
                             }
                             BotEvent::Notification { method, data }
                         }
@@ -2009,17 +2009,14 @@ async fn answer_request(
     (Ok(json!({})), Some(BotEvent::NewConsumer(stream)))
 }
 
-async fn forget_consumer(
-    data: &Value,
-    recv: Option<&BotTransport>,
-    consumers: &Mutex<HashMap<String, ConsumerStream>>,
-) {
-    let Some(id) = data.get("consumerId").and_then(Value::as_str) else {
-        return;
-    };
-    let removed = consumers.lock().ok().and_then(|mut c| c.remove(id));
-    // Statistics stay with the transport for the final summary.
-    let _ = (removed, recv);
+/// Forgets a closed consumer; its statistics stay with the transport for the final summary.
+fn forget_consumer(data: &Value, consumers: &Mutex<HashMap<String, ConsumerStream>>) {
+    if let (Some(id), Ok(mut c)) = (
+        data.get("consumerId").and_then(Value::as_str),
+        consumers.lock(),
+    ) {
+        c.remove(id);
+    }
 }
 
 #[cfg(test)]

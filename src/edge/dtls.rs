@@ -297,6 +297,7 @@ impl DtlsSession {
             extended_master_secret: ExtendedMasterSecretType::Require,
             client_auth: ClientAuthType::RequireAnyClientCert,
             insecure_skip_verify: true,
+            server_name: "pipemesh".into(),
             verify_peer_certificate: Some(Arc::new(
                 move |certs: &[Vec<u8>], _: &[CertificateDer<'static>]| {
                     let Some(leaf) = certs.first() else {

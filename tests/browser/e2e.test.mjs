@@ -121,3 +121,32 @@ test('TCP: C (forceTcp) consumes A\'s mic and webcam', async () => {
 		else console.log('C: selected ICE candidate pair not reported by getStats; protocol not checked');
 	});
 });
+
+// Simulcast: the consumer follows setConsumerPreferredLayers, switching on keyframes, and the
+// decoder keeps running across switches (sequence numbers, timestamps and VP8 picture ids
+// stay continuous).
+test('simulcast: D switches layers with setConsumerPreferredLayers', async () => {
+	await setup();
+	await withDiagnostics(async () => {
+		const a = await producer();
+		// The lowest and a higher layer must both be flowing before we can switch between them.
+		await waitForStats(a, (st) => st.sent.video.streams >= 2, { timeoutMs: MEDIA_TIMEOUT_MS, what: 'A sending 2+ simulcast layers' });
+		const d = await open('D', 'produce=false');
+		await waitReady(d);
+		const s = await assertConsumes(d, 'D (simulcast)');
+		const video = s.consumerList.find((c) => c.kind === 'video');
+		assert.equal(video.type, 'simulcast');
+		const prefer = (spatialLayer) => d.page.evaluate(
+			({ consumerId, spatialLayer }) => window.pm.peer.request('setConsumerPreferredLayers', { consumerId, spatialLayer }),
+			{ consumerId: video.id, spatialLayer },
+		);
+		await prefer(0);
+		const low = await waitForStats(d, (st) => st.video.frameHeight === 120, { timeoutMs: MEDIA_TIMEOUT_MS, what: 'D decoding the 160x120 layer' });
+		console.log(`D (simulcast): preferred layer 0 -> ${low.video.frameWidth}x${low.video.frameHeight}, framesDecoded ${low.video.framesDecoded}`);
+		await prefer(2);
+		const high = await waitForStats(d, (st) => st.video.frameHeight > 120 && st.video.framesDecoded > low.video.framesDecoded + 30,
+			{ timeoutMs: MEDIA_TIMEOUT_MS, what: 'D back on a higher layer and decoding' });
+		console.log(`D (simulcast): preferred layer 2 -> ${high.video.frameWidth}x${high.video.frameHeight}, framesDecoded ${high.video.framesDecoded}`);
+		assert.deepEqual(high.errors, [], 'D: page reported errors');
+	});
+});
