@@ -47,7 +47,10 @@ async fn metrics(State(s): State<AdminState>) -> String {
     let mut line = |name: &str, v: u64| {
         out.push_str(&format!("pipemesh_{name} {v}\n"));
     };
-    line("tcp_framing_errors_total", s.node.tcp_framing_errors.load(Ordering::Relaxed));
+    line(
+        "tcp_framing_errors_total",
+        s.node.tcp_framing_errors.load(Ordering::Relaxed),
+    );
     for (name, v) in s.worker.snapshot() {
         line(name, v);
     }

@@ -291,11 +291,15 @@ mod tests {
 
     #[test]
     fn file_values_are_overlaid_by_flags() {
-        let mut cfg =
-            Config::from_toml("region = \"eu-west\"\nnode_id = \"a1\"\nrtc_listen = \"127.0.0.1:5000\"\n")
-                .unwrap();
+        let mut cfg = Config::from_toml(
+            "region = \"eu-west\"\nnode_id = \"a1\"\nrtc_listen = \"127.0.0.1:5000\"\n",
+        )
+        .unwrap();
         assert_eq!(cfg.region, "eu-west");
-        assert_eq!(cfg.rtc_listen, "127.0.0.1:5000".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            cfg.rtc_listen,
+            "127.0.0.1:5000".parse::<SocketAddr>().unwrap()
+        );
         cfg.apply(&ServeArgs {
             region: Some("us-east".into()),
             ..Default::default()
@@ -312,7 +316,10 @@ mod tests {
         cfg.node_id = "bad id".into();
         assert!(matches!(
             cfg.validate(),
-            Err(ConfigError::Invalid { name: "node_id", .. })
+            Err(ConfigError::Invalid {
+                name: "node_id",
+                ..
+            })
         ));
         cfg = Config::default();
         cfg.consent_timeout_secs = 0;

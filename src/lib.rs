@@ -23,6 +23,7 @@
 //! kept thin: [`edge::glue`], [`signaling::server`], [`node`].
 
 pub mod admin;
+pub mod bot;
 pub mod config;
 pub mod edge;
 pub mod ids;
@@ -31,4 +32,3 @@ pub mod router;
 pub mod signaling;
 pub mod timing;
 pub mod worker;
-pub mod bot;

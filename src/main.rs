@@ -36,10 +36,12 @@ fn main() -> Result<()> {
             })
         }
         Command::Bot(args) => {
-            init_tracing(&std::env::var("PIPEMESH_LOG").unwrap_or_else(|_| "warn,dtls=error".into()))?;
+            init_tracing(
+                &std::env::var("PIPEMESH_LOG").unwrap_or_else(|_| "warn,dtls=error".into()),
+            )?;
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-            let summary = rt.block_on(pipemesh::bot::run::run(args))?;
-            println!("{summary}");
+            // run() prints per-stream lines and the summary itself.
+            rt.block_on(pipemesh::bot::run::run(args))?;
             Ok(())
         }
         Command::Config(args) => {
@@ -51,8 +53,12 @@ fn main() -> Result<()> {
 }
 
 fn init_tracing(filter: &str) -> Result<()> {
-    let filter = EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter =
+        EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     Ok(())
 }
 

@@ -103,8 +103,12 @@ pub async fn start(
     let udp = UdpSocket::bind(cfg.rtc_listen)
         .await
         .map_err(|e| bind("rtc UDP", cfg.rtc_listen, e))?;
-    let rtc = udp.local_addr().map_err(|e| bind("rtc UDP", cfg.rtc_listen, e))?;
-    let tcp = TcpListener::bind(rtc).await.map_err(|e| bind("rtc TCP", rtc, e))?;
+    let rtc = udp
+        .local_addr()
+        .map_err(|e| bind("rtc UDP", cfg.rtc_listen, e))?;
+    let tcp = TcpListener::bind(rtc)
+        .await
+        .map_err(|e| bind("rtc TCP", rtc, e))?;
     let signaling = TcpListener::bind(cfg.signaling_listen)
         .await
         .map_err(|e| bind("signaling", cfg.signaling_listen, e))?;
@@ -112,9 +116,13 @@ pub async fn start(
         .await
         .map_err(|e| bind("admin", cfg.admin_listen, e))?;
     let addrs = NodeAddrs {
-        signaling: signaling.local_addr().map_err(|e| bind("signaling", cfg.signaling_listen, e))?,
+        signaling: signaling
+            .local_addr()
+            .map_err(|e| bind("signaling", cfg.signaling_listen, e))?,
         rtc,
-        admin: admin.local_addr().map_err(|e| bind("admin", cfg.admin_listen, e))?,
+        admin: admin
+            .local_addr()
+            .map_err(|e| bind("admin", cfg.admin_listen, e))?,
     };
 
     let identity = DtlsIdentity::generate()?;
@@ -137,7 +145,15 @@ pub async fn start(
     let mut tasks = JoinSet::new();
 
     let udp = Arc::new(udp);
-    tasks.spawn(worker_task(worker, identity, udp, cmd_rx, ev_rx, ev_tx.clone(), stop.subscribe()));
+    tasks.spawn(worker_task(
+        worker,
+        identity,
+        udp,
+        cmd_rx,
+        ev_rx,
+        ev_tx.clone(),
+        stop.subscribe(),
+    ));
     tasks.spawn(tcp_accept(tcp, ev_tx, counters.clone(), stop.subscribe()));
 
     let app = sig::router(cmd_tx, cfg.web_root.clone(), cfg.max_signaling_connections);
@@ -152,7 +168,12 @@ pub async fn start(
             tracing::error!(error = %e, "signaling server failed");
         }
     });
-    let admin_app = crate::admin::router(cfg.node_id.clone(), cfg.region.clone(), counters, worker_counters);
+    let admin_app = crate::admin::router(
+        cfg.node_id.clone(),
+        cfg.region.clone(),
+        counters,
+        worker_counters,
+    );
     let mut s = stop.subscribe();
     tasks.spawn(async move {
         let r = axum::serve(admin, admin_app)
@@ -247,12 +268,22 @@ async fn worker_task(
                         }
                     }
                 }
-                Output::DtlsStart { transport, role, fingerprints } => {
+                Output::DtlsStart {
+                    transport,
+                    role,
+                    fingerprints,
+                } => {
                     let tx = event_tx.clone();
                     let t = transport.clone();
-                    let s = DtlsSession::start(&identity, role, fingerprints, DTLS_HANDSHAKE_TIMEOUT, move |e| {
-                        let _ = tx.try_send(Event::Dtls(t.clone(), e));
-                    });
+                    let s = DtlsSession::start(
+                        &identity,
+                        role,
+                        fingerprints,
+                        DTLS_HANDSHAKE_TIMEOUT,
+                        move |e| {
+                            let _ = tx.try_send(Event::Dtls(t.clone(), e));
+                        },
+                    );
                     dtls.insert(transport, s);
                 }
                 Output::DtlsFeed { transport, data } => {
@@ -301,7 +332,12 @@ async fn tcp_accept(
     conns.shutdown().await;
 }
 
-async fn tcp_conn(stream: TcpStream, remote: SocketAddr, events: mpsc::Sender<Event>, counters: Arc<NodeCounters>) {
+async fn tcp_conn(
+    stream: TcpStream,
+    remote: SocketAddr,
+    events: mpsc::Sender<Event>,
+    counters: Arc<NodeCounters>,
+) {
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Bytes>(TCP_WRITE_QUEUE);
     if events.send(Event::TcpOpened(remote, tx)).await.is_err() {
@@ -309,14 +345,19 @@ async fn tcp_conn(stream: TcpStream, remote: SocketAddr, events: mpsc::Sender<Ev
     }
     let writer = tokio::spawn(async move {
         while let Some(frame) = rx.recv().await {
-            let Ok(len) = u16::try_from(frame.len()) else { continue };
+            let Ok(len) = u16::try_from(frame.len()) else {
+                continue;
+            };
             let hdr = encode_frame_header(len);
             if wr.write_all(&hdr).await.is_err() || wr.write_all(&frame).await.is_err() {
                 break;
             }
         }
     });
-    let tuple = Tuple { protocol: Protocol::Tcp, remote };
+    let tuple = Tuple {
+        protocol: Protocol::Tcp,
+        remote,
+    };
     let mut decoder = FrameDecoder::new(MAX_TCP_FRAME);
     'read: loop {
         // Read straight into the decoder's free space: no intermediate copy.
@@ -328,7 +369,11 @@ async fn tcp_conn(stream: TcpStream, remote: SocketAddr, events: mpsc::Sender<Ev
         loop {
             match decoder.next_frame() {
                 Ok(Some(frame)) => {
-                    if events.send(Event::TcpPacket(tuple, Bytes::copy_from_slice(frame))).await.is_err() {
+                    if events
+                        .send(Event::TcpPacket(tuple, Bytes::copy_from_slice(frame)))
+                        .await
+                        .is_err()
+                    {
                         break 'read;
                     }
                 }

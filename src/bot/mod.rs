@@ -3,7 +3,7 @@
 //! Sans-IO parts: [`media`] (synthetic Opus/VP8 packetisation with embedded send times) and
 //! [`stats`] (receive statistics: loss, jitter, one-way latency).
 
-pub mod media;
-pub mod stats;
 pub mod client;
+pub mod media;
 pub mod run;
+pub mod stats;

@@ -141,20 +141,39 @@ async fn root(
         return static_file(State(state), uri).await;
     };
     let (Some(room), Some(peer)) = (q.room_id, q.peer_id) else {
-        return (StatusCode::BAD_REQUEST, "roomId and peerId query parameters are required").into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            "roomId and peerId query parameters are required",
+        )
+            .into_response();
     };
     if !valid_id(&room) || !valid_id(&peer) {
-        return (StatusCode::BAD_REQUEST, "roomId and peerId must be 1-128 printable characters").into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            "roomId and peerId must be 1-128 printable characters",
+        )
+            .into_response();
     }
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many signaling connections").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many signaling connections",
+        )
+            .into_response();
     };
     let session = state.next_session.fetch_add(1, Ordering::Relaxed);
     let worker = state.worker.clone();
     ws.protocols(["protoo"])
         .max_message_size(MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| async move {
-            run_session(socket, worker, session, RoomId(room), PeerId(peer)).await;
+            run_session(
+                socket,
+                worker,
+                session,
+                RoomId::from(room),
+                PeerId::from(peer),
+            )
+            .await;
             drop(permit);
         })
 }
@@ -168,7 +187,12 @@ async fn run_session(
 ) {
     let (to_peer, mut from_worker) = mpsc::channel(PEER_QUEUE);
     if worker
-        .send(WorkerCommand::Open { session, room, peer, to_peer })
+        .send(WorkerCommand::Open {
+            session,
+            room,
+            peer,
+            to_peer,
+        })
         .await
         .is_err()
     {
@@ -271,7 +295,11 @@ async fn run_session(
 /// Serves a file below the web root; `/` serves `index.html`.
 async fn static_file(State(state): State<AppState>, uri: Uri) -> Response {
     let Some(root) = state.web_root.as_deref() else {
-        return (StatusCode::NOT_FOUND, "pipemesh signaling: connect with WebSocket, subprotocol protoo").into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            "pipemesh signaling: connect with WebSocket, subprotocol protoo",
+        )
+            .into_response();
     };
     let Some(path) = resolve(root, uri.path()) else {
         return StatusCode::NOT_FOUND.into_response();
@@ -313,11 +341,20 @@ mod tests {
     #[test]
     fn static_paths_stay_under_the_root() {
         let root = Path::new("/srv/web");
-        assert_eq!(resolve(root, "/"), Some(PathBuf::from("/srv/web/index.html")));
-        assert_eq!(resolve(root, "/app.js"), Some(PathBuf::from("/srv/web/app.js")));
+        assert_eq!(
+            resolve(root, "/"),
+            Some(PathBuf::from("/srv/web/index.html"))
+        );
+        assert_eq!(
+            resolve(root, "/app.js"),
+            Some(PathBuf::from("/srv/web/app.js"))
+        );
         assert_eq!(resolve(root, "/../etc/passwd"), None);
         assert_eq!(resolve(root, "/a/../../x"), None);
-        assert_eq!(resolve(root, "//etc/passwd"), Some(PathBuf::from("/srv/web/etc/passwd")));
+        assert_eq!(
+            resolve(root, "//etc/passwd"),
+            Some(PathBuf::from("/srv/web/etc/passwd"))
+        );
     }
 
     #[test]

@@ -20,18 +20,20 @@ use super::{Output, Transport, Worker};
 use crate::edge::demux::{classify, PacketClass};
 use crate::edge::ice::Tuple;
 use crate::ids::{ConsumerId, PeerId, ProducerId, TransportId};
-use crate::signaling::server::ToPeer;
 use crate::router::keyframe::{self, VideoCodec, Vp8Rewriter};
-use crate::router::rtp_parameters::ScalabilityMode;
-use crate::router::simulcast::{Forward, LayerPacket, SimulcastConfig, SimulcastEvent, SimulcastSelector};
 use crate::router::ortc;
 use crate::router::rtcp_core::{
-    self, parse_compound, KeyFrameRequestKind, KeyFrameRequestManager, NackConfig, NackGenerator, ReceiveStats,
-    RtcpItem, SendStats, TwccRecorder,
+    self, parse_compound, KeyFrameRequestKind, KeyFrameRequestManager, NackConfig, NackGenerator,
+    ReceiveStats, RtcpItem, SendStats, TwccRecorder,
 };
+use crate::router::rtp_parameters::ScalabilityMode;
 use crate::router::rtp_parameters::{Codec, MediaKind, RtpCapabilities, RtpParameters};
 use crate::router::rtx::{RetransmissionBuffer, RetransmissionConfig, RtxEncoder};
 use crate::router::seq::{RtpView, StreamRewriter};
+use crate::router::simulcast::{
+    Forward, LayerPacket, SimulcastConfig, SimulcastEvent, SimulcastSelector,
+};
+use crate::signaling::server::ToPeer;
 use crate::timing::{KEYFRAME_REQUEST_THROTTLE, RTCP_REPORT_INTERVAL};
 
 type Outputs = VecDeque<Output>;
@@ -70,7 +72,9 @@ impl TwccIn {
     /// Writes due feedback into `buf` (cleared first); true when there is some to send.
     pub fn poll_feedback(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
         buf.clear();
-        self.recorder.poll_feedback(now, RTCP_SENDER_SSRC, self.media_ssrc, buf) > 0
+        self.recorder
+            .poll_feedback(now, RTCP_SENDER_SSRC, self.media_ssrc, buf)
+            > 0
     }
 }
 
@@ -139,12 +143,15 @@ impl Producer {
         if params.rtcp.cname.as_deref().is_none_or(str::is_empty) {
             params.rtcp.cname = Some(transport.cname_for_producers.clone());
         }
-        ortc::validate_rtp_parameters(&params).map_err(|e| format!("invalid rtpParameters: {e}"))?;
+        ortc::validate_rtp_parameters(&params)
+            .map_err(|e| format!("invalid rtpParameters: {e}"))?;
         if params.encodings.is_empty() {
             return Err("rtpParameters.encodings is empty".into());
         }
-        let mapping = ortc::get_producer_rtp_parameters_mapping(&params, router_caps, &mut || ortc::random_ssrc(rng))
-            .map_err(|e| format!("unsupported rtpParameters: {e}"))?;
+        let mapping = ortc::get_producer_rtp_parameters_mapping(&params, router_caps, &mut || {
+            ortc::random_ssrc(rng)
+        })
+        .map_err(|e| format!("unsupported rtpParameters: {e}"))?;
         let consumable = ortc::get_consumable_rtp_parameters(kind, &params, router_caps, &mapping)
             .map_err(|e| format!("unsupported rtpParameters: {e}"))?;
         let media = params
@@ -154,7 +161,11 @@ impl Producer {
             .ok_or("rtpParameters has no media codec")?;
         let codec = Codec::from_mime_type(&media.mime_type).ok_or("unknown codec")?;
         if codec_kind(codec) != Some(kind) {
-            return Err(format!("codec {} does not match kind {}", media.mime_type, kind.as_str()));
+            return Err(format!(
+                "codec {} does not match kind {}",
+                media.mime_type,
+                kind.as_str()
+            ));
         }
         let mut pt_map = [0xFFu8; 128];
         for m in &mapping.codecs {
@@ -200,10 +211,24 @@ impl Producer {
         }
         for (i, s) in streams.iter().enumerate() {
             if let Some(ssrc) = s.ssrc {
-                transport.ssrc_table.insert(ssrc, StreamRef { producer: id.clone(), encoding: i, rtx: false });
+                transport.ssrc_table.insert(
+                    ssrc,
+                    StreamRef {
+                        producer: id.clone(),
+                        encoding: i,
+                        rtx: false,
+                    },
+                );
             }
             if let Some(ssrc) = s.rtx_ssrc {
-                transport.ssrc_table.insert(ssrc, StreamRef { producer: id.clone(), encoding: i, rtx: true });
+                transport.ssrc_table.insert(
+                    ssrc,
+                    StreamRef {
+                        producer: id.clone(),
+                        encoding: i,
+                        rtx: true,
+                    },
+                );
             }
         }
         if transport.twcc_in.is_none() {
@@ -247,7 +272,9 @@ impl Producer {
         self.streams
             .iter()
             .map(|s| match s.last_packet {
-                Some(t) if now.saturating_duration_since(t) < Duration::from_secs(2) => s.stats.score(),
+                Some(t) if now.saturating_duration_since(t) < Duration::from_secs(2) => {
+                    s.stats.score()
+                }
                 _ => 0,
             })
             .collect()
@@ -277,13 +304,21 @@ impl Producer {
 
     /// Next media deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let n = self.streams.iter().filter_map(|s| s.nack.poll_timeout(None)).min();
+        let n = self
+            .streams
+            .iter()
+            .filter_map(|s| s.nack.poll_timeout(None))
+            .min();
         let k = self.keyframes.poll_timeout();
         [Some(self.next_report), n, k].into_iter().flatten().min()
     }
 
     /// Asks the publisher for a keyframe of one encoding (or all). Throttled per SSRC.
-    pub fn request_keyframe(&mut self, now: Instant, encoding: Option<usize>) -> Vec<(u32, KeyFrameRequestKind, u8)> {
+    pub fn request_keyframe(
+        &mut self,
+        now: Instant,
+        encoding: Option<usize>,
+    ) -> Vec<(u32, KeyFrameRequestKind, u8)> {
         let mut out = Vec::new();
         if self.kind != MediaKind::Video {
             return out;
@@ -293,7 +328,10 @@ impl Producer {
                 continue;
             }
             if let Some(ssrc) = s.ssrc {
-                if let Some(r) = self.keyframes.request_keyframe(now, ssrc, KeyFrameRequestKind::Pli) {
+                if let Some(r) =
+                    self.keyframes
+                        .request_keyframe(now, ssrc, KeyFrameRequestKind::Pli)
+                {
                     out.push((r.media_ssrc, r.kind, r.fir_seq));
                 }
             }
@@ -378,7 +416,11 @@ impl Consumer {
         producer: &Producer,
         rtp_parameters: RtpParameters,
     ) -> Self {
-        let enc = rtp_parameters.encodings.first().cloned().unwrap_or_default();
+        let enc = rtp_parameters
+            .encodings
+            .first()
+            .cloned()
+            .unwrap_or_default();
         let ssrc = enc.ssrc.unwrap_or(1);
         let media = rtp_parameters.codecs.iter().find(|c| !c.is_rtx());
         let payload_type = media.map(|c| c.payload_type).unwrap_or(0);
@@ -407,7 +449,8 @@ impl Consumer {
             priority: 1,
             simulcast: n > 1,
             selector: (n > 1).then(|| {
-                let temporal = ScalabilityMode::parse_or_default(enc.scalability_mode.as_deref()).temporal_layers;
+                let temporal = ScalabilityMode::parse_or_default(enc.scalability_mode.as_deref())
+                    .temporal_layers;
                 SimulcastSelector::new(SimulcastConfig::default(), n as u8, temporal.max(1) as u8)
             }),
             vp8: (n > 1 && producer.video_codec == Some(VideoCodec::Vp8)).then(Vp8Rewriter::new),
@@ -445,12 +488,22 @@ impl Consumer {
     }
 
     /// The consumer (re)starts: continuity on the next packet and a keyframe for video.
-    pub fn on_resumed(&mut self, now: Instant, producer: &mut Producer, outputs: &mut Outputs, transports: &mut Transports) {
+    pub fn on_resumed(
+        &mut self,
+        now: Instant,
+        producer: &mut Producer,
+        outputs: &mut Outputs,
+        transports: &mut Transports,
+    ) {
         self.rewriter.request_sync();
         if let Some(v) = self.vp8.as_mut() {
             v.sync();
         }
-        let encoding = self.selector.as_ref().and_then(|s| s.target_layers()).map(|(s, _)| s as usize);
+        let encoding = self
+            .selector
+            .as_ref()
+            .and_then(|s| s.target_layers())
+            .map(|(s, _)| s as usize);
         let reqs = producer.request_keyframe(now, encoding);
         send_keyframe_requests(producer, reqs, outputs, transports);
     }
@@ -503,7 +556,12 @@ pub fn transport_stats(t: &Transport) -> Value {
     }])
 }
 
-fn send_keyframe_requests(producer: &Producer, reqs: Vec<(u32, KeyFrameRequestKind, u8)>, outputs: &mut Outputs, transports: &mut Transports) {
+fn send_keyframe_requests(
+    producer: &Producer,
+    reqs: Vec<(u32, KeyFrameRequestKind, u8)>,
+    outputs: &mut Outputs,
+    transports: &mut Transports,
+) {
     if reqs.is_empty() {
         return;
     }
@@ -519,24 +577,41 @@ fn send_keyframe_requests(producer: &Producer, reqs: Vec<(u32, KeyFrameRequestKi
 
 /// Encrypts and sends an RTCP compound packet on a transport's selected tuple.
 fn send_rtcp(transports: &mut Transports, id: &TransportId, plain: &[u8], outputs: &mut Outputs) {
-    let Some(t) = transports.get_mut(id) else { return };
-    let Some(tuple) = t.ice.selected_tuple() else { return };
-    let Some(ctx) = t.srtp_out.as_mut() else { return };
+    let Some(t) = transports.get_mut(id) else {
+        return;
+    };
+    let Some(tuple) = t.ice.selected_tuple() else {
+        return;
+    };
+    let Some(ctx) = t.srtp_out.as_mut() else {
+        return;
+    };
     if let Ok(enc) = ctx.encrypt_rtcp(plain) {
-        outputs.push_back(Output::Transmit { tuple, data: enc.to_vec() });
+        outputs.push_back(Output::Transmit { tuple, data: enc });
     }
 }
 
 /// Sends transport-wide-cc feedback to a publishing client when due.
-pub fn send_twcc_feedback(t: &mut Transport, now: Instant, buf: &mut Vec<u8>, outputs: &mut Outputs) {
-    let Some(twcc) = t.twcc_in.as_mut() else { return };
+pub fn send_twcc_feedback(
+    t: &mut Transport,
+    now: Instant,
+    buf: &mut Vec<u8>,
+    outputs: &mut Outputs,
+) {
+    let Some(twcc) = t.twcc_in.as_mut() else {
+        return;
+    };
     if !twcc.poll_feedback(now, buf) {
         return;
     }
-    let Some(tuple) = t.ice.selected_tuple() else { return };
-    let Some(ctx) = t.srtp_out.as_mut() else { return };
+    let Some(tuple) = t.ice.selected_tuple() else {
+        return;
+    };
+    let Some(ctx) = t.srtp_out.as_mut() else {
+        return;
+    };
     if let Ok(enc) = ctx.encrypt_rtcp(buf) {
-        outputs.push_back(Output::Transmit { tuple, data: enc.to_vec() });
+        outputs.push_back(Output::Transmit { tuple, data: enc });
     }
     buf.clear();
 }
@@ -546,21 +621,32 @@ pub fn handle_packet(w: &mut Worker, now: Instant, tuple: Tuple, data: &[u8]) {
     match classify(data) {
         PacketClass::Stun => handle_stun(w, now, tuple, data),
         PacketClass::Unknown => {
-            w.counters.unclassified_dropped.fetch_add(1, Ordering::Relaxed);
+            w.counters
+                .unclassified_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
         class => {
             let Some(id) = w.by_tuple.get(&tuple).cloned() else {
-                w.counters.unknown_tuple_dropped.fetch_add(1, Ordering::Relaxed);
+                w.counters
+                    .unknown_tuple_dropped
+                    .fetch_add(1, Ordering::Relaxed);
                 return;
             };
-            let Some(t) = w.transports.get_mut(&id) else { return };
+            let Some(t) = w.transports.get_mut(&id) else {
+                return;
+            };
             // DTLS and media are accepted only from the ICE-selected tuple.
             if t.ice.selected_tuple() != Some(tuple) {
-                w.counters.unknown_tuple_dropped.fetch_add(1, Ordering::Relaxed);
+                w.counters
+                    .unknown_tuple_dropped
+                    .fetch_add(1, Ordering::Relaxed);
                 return;
             }
             match class {
-                PacketClass::Dtls => w.outputs.push_back(Output::DtlsFeed { transport: id, data: data.to_vec() }),
+                PacketClass::Dtls => w.outputs.push_back(Output::DtlsFeed {
+                    transport: id,
+                    data: data.to_vec(),
+                }),
                 PacketClass::Rtp => handle_rtp(w, now, &id, data),
                 PacketClass::Rtcp => handle_rtcp(w, now, &id, data),
                 _ => {}
@@ -570,24 +656,34 @@ pub fn handle_packet(w: &mut Worker, now: Instant, tuple: Tuple, data: &[u8]) {
 }
 
 fn handle_stun(w: &mut Worker, now: Instant, tuple: Tuple, data: &[u8]) {
-    let id = crate::edge::stun::local_ufrag_of_request(data).and_then(|u| w.by_ufrag.get(u)).cloned();
+    let id = crate::edge::stun::local_ufrag_of_request(data)
+        .and_then(|u| w.by_ufrag.get(u))
+        .cloned();
     let Some(id) = id else {
         w.counters.stun_dropped.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let Some(t) = w.transports.get_mut(&id) else { return };
+    let Some(t) = w.transports.get_mut(&id) else {
+        return;
+    };
     let mut out = std::mem::take(&mut w.scratch);
     match t.ice.handle_stun_bytes(now, tuple, data, &mut out) {
         Ok(_) => {
             if !out.is_empty() {
-                w.outputs.push_back(Output::Transmit { tuple, data: out.clone() });
+                w.outputs.push_back(Output::Transmit {
+                    tuple,
+                    data: bytes::Bytes::copy_from_slice(&out),
+                });
             }
         }
         Err(e) => {
             tracing::trace!(transport = %id, error = %e, "STUN check refused");
             w.counters.stun_dropped.fetch_add(1, Ordering::Relaxed);
             if !out.is_empty() {
-                w.outputs.push_back(Output::Transmit { tuple, data: out.clone() });
+                w.outputs.push_back(Output::Transmit {
+                    tuple,
+                    data: bytes::Bytes::copy_from_slice(&out),
+                });
             }
         }
     }
@@ -597,9 +693,20 @@ fn handle_stun(w: &mut Worker, now: Instant, tuple: Tuple, data: &[u8]) {
 }
 
 fn handle_rtp(w: &mut Worker, now: Instant, id: &TransportId, data: &[u8]) {
-    let Worker { transports, rooms, outputs, counters, scratch, .. } = w;
-    let Some(t) = transports.get_mut(id) else { return };
-    let Some(ctx) = t.srtp_in.as_mut() else { return };
+    let Worker {
+        transports,
+        rooms,
+        outputs,
+        counters,
+        scratch,
+        ..
+    } = w;
+    let Some(t) = transports.get_mut(id) else {
+        return;
+    };
+    let Some(ctx) = t.srtp_in.as_mut() else {
+        return;
+    };
     let plain = match ctx.decrypt_rtp(data) {
         Ok(p) => p,
         Err(_) => {
@@ -633,18 +740,29 @@ fn handle_rtp(w: &mut Worker, now: Instant, id: &TransportId, data: &[u8]) {
             }
         }
     }
-    let room_id = t.room.clone();
-    let Some(room) = rooms.get_mut(&room_id) else { return };
+    let Some(room) = rooms.get_mut(&t.room) else {
+        return;
+    };
     forward(room, transports, outputs, counters, now, &sref, scratch);
 }
 
 /// Binds an unknown SSRC to a producer encoding by its MID and RID header extensions
 /// (rid-based simulcast, as Chrome sends by default).
-fn learn_ssrc(t: &mut Transport, rooms: &mut std::collections::HashMap<crate::ids::RoomId, Room>, view: &RtpView<&[u8]>) -> Option<StreamRef> {
+fn learn_ssrc(
+    t: &mut Transport,
+    rooms: &mut std::collections::HashMap<crate::ids::RoomId, Room>,
+    view: &RtpView<&[u8]>,
+) -> Option<StreamRef> {
     let room = rooms.get(&t.room)?;
     for pid in &t.producers {
         let p = room.producers.get(pid)?;
-        let ext = |uri: &str| p.rtp_parameters.header_extensions.iter().find(|e| e.uri == uri).map(|e| e.id);
+        let ext = |uri: &str| {
+            p.rtp_parameters
+                .header_extensions
+                .iter()
+                .find(|e| e.uri == uri)
+                .map(|e| e.id)
+        };
         let mid = ext(URI_MID).and_then(|i| view.sdes_str(i));
         if mid.is_none() || mid != p.rtp_parameters.mid.as_deref() {
             continue;
@@ -654,11 +772,18 @@ fn learn_ssrc(t: &mut Transport, rooms: &mut std::collections::HashMap<crate::id
             None => (ext(URI_RRID).and_then(|i| view.sdes_str(i)), true),
         };
         let encoding = match rid {
-            Some(rid) => p.streams.iter().position(|s| s.rid.as_deref() == Some(rid))?,
+            Some(rid) => p
+                .streams
+                .iter()
+                .position(|s| s.rid.as_deref() == Some(rid))?,
             None if p.streams.len() == 1 && p.streams[0].ssrc.is_none() => 0,
             None => continue,
         };
-        let r = StreamRef { producer: pid.clone(), encoding, rtx };
+        let r = StreamRef {
+            producer: pid.clone(),
+            encoding,
+            rtx,
+        };
         t.ssrc_table.insert(view.ssrc(), r.clone());
         return Some(r);
     }
@@ -675,13 +800,25 @@ fn forward(
     sref: &StreamRef,
     pkt: &mut Vec<u8>,
 ) {
-    let Some(p) = room.producers.get_mut(&sref.producer) else { return };
-    let Some(stream) = p.streams.get_mut(sref.encoding) else { return };
+    let Some(p) = room.producers.get_mut(&sref.producer) else {
+        return;
+    };
+    let Some(stream) = p.streams.get_mut(sref.encoding) else {
+        return;
+    };
     if sref.rtx {
         // RFC 4588: restore the original packet (seq from the OSN, media payload type).
-        let Ok(view) = RtpView::parse(&pkt[..]) else { return };
-        let apt = p.rtx_apt.get(view.payload_type() as usize).copied().unwrap_or(0xFF);
-        let Some(media_ssrc) = stream.ssrc else { return };
+        let Ok(view) = RtpView::parse(&pkt[..]) else {
+            return;
+        };
+        let apt = p
+            .rtx_apt
+            .get(view.payload_type() as usize)
+            .copied()
+            .unwrap_or(0xFF);
+        let Some(media_ssrc) = stream.ssrc else {
+            return;
+        };
         if apt == 0xFF {
             return;
         }
@@ -694,21 +831,31 @@ fn forward(
             Err(_) => return,
         }
     }
-    let Ok(mut view) = RtpView::parse(&mut pkt[..]) else { return };
+    let Ok(mut view) = RtpView::parse(&mut pkt[..]) else {
+        return;
+    };
     if stream.ssrc.is_none() {
         stream.ssrc = Some(view.ssrc());
     }
     let seq = view.sequence_number();
     stream.last_packet = Some(now);
-    stream.stats.on_packet(now, seq, view.timestamp(), p.clock_rate, view.len());
+    stream
+        .stats
+        .on_packet(now, seq, view.timestamp(), p.clock_rate, view.len());
     let _ = stream.nack.on_packet(now, seq);
-    let mapped_pt = p.pt_map.get(view.payload_type() as usize).copied().unwrap_or(0xFF);
+    let mapped_pt = p
+        .pt_map
+        .get(view.payload_type() as usize)
+        .copied()
+        .unwrap_or(0xFF);
     if mapped_pt == 0xFF {
         return;
     }
     view.set_payload_type(mapped_pt);
     view.remap_extension_ids(&p.ext_map);
-    let is_key = p.video_codec.is_some_and(|c| keyframe::is_keyframe(c, view.payload()));
+    let is_key = p
+        .video_codec
+        .is_some_and(|c| keyframe::is_keyframe(c, view.payload()));
     if is_key {
         p.keyframes.on_keyframe_received(view.ssrc());
     }
@@ -718,21 +865,31 @@ fn forward(
     let len = view.len();
     let payload_range = view.payload_offset()..view.payload_offset() + view.payload_len();
     let encoding = sref.encoding;
-    let layer = match p.video_codec.and_then(|c| keyframe::layer_info(c, view.payload())) {
+    let layer = match p
+        .video_codec
+        .and_then(|c| keyframe::layer_info(c, view.payload()))
+    {
         Some(i) => LayerPacket {
             spatial: encoding as u8,
             temporal: i.temporal_id,
             keyframe: i.keyframe,
             layer_sync: i.layer_sync,
         },
-        None => LayerPacket { spatial: encoding as u8, ..LayerPacket::default() },
+        None => LayerPacket {
+            spatial: encoding as u8,
+            ..LayerPacket::default()
+        },
     };
-    let producer_id = p.id.clone();
-    let consumers = p.consumers.clone();
+    // Borrow the fan-out list out of the producer for the loop (no per-packet allocation).
+    let consumers = std::mem::take(&mut p.consumers);
     let mut want_keyframe: Vec<usize> = Vec::new();
     for cid in &consumers {
-        let Some(c) = room.consumers.get_mut(cid) else { continue };
-        let Some(t) = transports.get_mut(&c.transport) else { continue };
+        let Some(c) = room.consumers.get_mut(cid) else {
+            continue;
+        };
+        let Some(t) = transports.get_mut(&c.transport) else {
+            continue;
+        };
         if !c.is_active() || !t.is_connected() {
             continue;
         }
@@ -742,7 +899,9 @@ fn forward(
                 Forward::Ignore => {}
                 Forward::Drop => {
                     c.rewriter.drop_input(seq);
-                    if let (Some(v), Some(payload)) = (c.vp8.as_mut(), pkt.get(payload_range.clone())) {
+                    if let (Some(v), Some(payload)) =
+                        (c.vp8.as_mut(), pkt.get(payload_range.clone()))
+                    {
                         v.drop_packet(payload);
                     }
                 }
@@ -756,16 +915,25 @@ fn forward(
             }
             while let Some(ev) = sel.poll_event() {
                 match ev {
-                    SimulcastEvent::RequestKeyFrame { spatial } => want_keyframe.push(spatial as usize),
+                    SimulcastEvent::RequestKeyFrame { spatial } => {
+                        want_keyframe.push(spatial as usize)
+                    }
                     SimulcastEvent::LayersChanged { spatial, temporal } => {
                         if let Some(peer) = room.peers.get(&c.peer) {
                             let data = match (spatial, temporal) {
-                                (Some(s), Some(t)) => json!({"consumerId": c.id, "spatialLayer": s, "temporalLayer": t}),
-                                _ => json!({"consumerId": c.id, "spatialLayer": null, "temporalLayer": null}),
+                                (Some(s), Some(t)) => {
+                                    json!({"consumerId": c.id, "spatialLayer": s, "temporalLayer": t})
+                                }
+                                _ => {
+                                    json!({"consumerId": c.id, "spatialLayer": null, "temporalLayer": null})
+                                }
                             };
                             outputs.push_back(Output::ToPeer {
                                 session: peer.session,
-                                msg: ToPeer::Notify { method: "consumerLayersChanged", data },
+                                msg: ToPeer::Notify {
+                                    method: "consumerLayersChanged",
+                                    data,
+                                },
                             });
                         }
                     }
@@ -777,31 +945,43 @@ fn forward(
         }
         c.scratch.clear();
         c.scratch.extend_from_slice(&pkt[..len]);
-        let Ok(mut out) = RtpView::parse(&mut c.scratch[..]) else { continue };
+        let Ok(mut out) = RtpView::parse(&mut c.scratch[..]) else {
+            continue;
+        };
         if let Some(v) = c.vp8.as_mut() {
             match v.rewrite(out.payload_mut()) {
                 Ok(true) => {}
                 _ => continue,
             }
         }
-        let Some(rw) = c.rewriter.rewrite(now, &mut out, c.payload_type) else { continue };
+        let Some(rw) = c.rewriter.rewrite(now, &mut out, c.payload_type) else {
+            continue;
+        };
         if let Some(ext) = c.twcc_ext {
             let s = t.next_twcc_seq();
             out.set_transport_wide_seq(ext, s);
         }
         let _ = c.buffer.insert(now, rw.seq, &c.scratch);
         c.send.on_packet_sent(now, rw.timestamp, len);
-        let Some(tuple) = t.ice.selected_tuple() else { continue };
-        let Some(ctx) = t.srtp_out.as_mut() else { continue };
+        let Some(tuple) = t.ice.selected_tuple() else {
+            continue;
+        };
+        let Some(ctx) = t.srtp_out.as_mut() else {
+            continue;
+        };
         if let Ok(enc) = ctx.encrypt_rtp(&c.scratch) {
             counters.rtp_sent.fetch_add(1, Ordering::Relaxed);
-            outputs.push_back(Output::Transmit { tuple, data: enc.to_vec() });
+            outputs.push_back(Output::Transmit { tuple, data: enc });
         }
     }
+    let Some(p) = room.producers.get_mut(&sref.producer) else {
+        return;
+    };
+    p.consumers = consumers;
     if !want_keyframe.is_empty() {
         want_keyframe.sort_unstable();
         want_keyframe.dedup();
-        if let Some(p) = room.producers.get_mut(&producer_id) {
+        {
             for e in want_keyframe {
                 let reqs = p.request_keyframe(now, Some(e));
                 send_keyframe_requests(p, reqs, outputs, transports);
@@ -811,9 +991,19 @@ fn forward(
 }
 
 fn handle_rtcp(w: &mut Worker, now: Instant, id: &TransportId, data: &[u8]) {
-    let Worker { transports, rooms, outputs, counters, .. } = w;
-    let Some(t) = transports.get_mut(id) else { return };
-    let Some(ctx) = t.srtp_in.as_mut() else { return };
+    let Worker {
+        transports,
+        rooms,
+        outputs,
+        counters,
+        ..
+    } = w;
+    let Some(t) = transports.get_mut(id) else {
+        return;
+    };
+    let Some(ctx) = t.srtp_in.as_mut() else {
+        return;
+    };
     let plain = match ctx.decrypt_rtcp(data) {
         Ok(p) => p,
         Err(_) => {
@@ -826,21 +1016,33 @@ fn handle_rtcp(w: &mut Worker, now: Instant, id: &TransportId, data: &[u8]) {
         return;
     };
     let room_id = t.room.clone();
-    let Some(room) = rooms.get_mut(&room_id) else { return };
+    let Some(room) = rooms.get_mut(&room_id) else {
+        return;
+    };
     let mut resend: Vec<u16> = Vec::new();
     for item in items {
         match item {
             RtcpItem::SenderReport { report, .. } => {
-                let Some(t) = transports.get(id) else { continue };
+                let Some(t) = transports.get(id) else {
+                    continue;
+                };
                 if let Some(r) = t.ssrc_table.get(&report.ssrc) {
-                    if let Some(s) = room.producers.get_mut(&r.producer).and_then(|p| p.streams.get_mut(r.encoding)) {
-                        s.stats.on_sender_report(now, rtcp_core::ntp_middle_32(report.ntp_time));
+                    if let Some(s) = room
+                        .producers
+                        .get_mut(&r.producer)
+                        .and_then(|p| p.streams.get_mut(r.encoding))
+                    {
+                        s.stats
+                            .on_sender_report(now, rtcp_core::ntp_middle_32(report.ntp_time));
                     }
                 }
             }
             RtcpItem::ReceiverReport { blocks, .. } => {
                 for b in blocks {
-                    let cid = transports.get(id).and_then(|t| t.consumer_by_ssrc.get(&b.ssrc)).cloned();
+                    let cid = transports
+                        .get(id)
+                        .and_then(|t| t.consumer_by_ssrc.get(&b.ssrc))
+                        .cloned();
                     if let Some(c) = cid.and_then(|cid| room.consumers.get_mut(&cid)) {
                         c.send.on_receiver_report(now, &b, ntp_now(now));
                         if let Some(rtt) = c.send.rtt() {
@@ -849,14 +1051,27 @@ fn handle_rtcp(w: &mut Worker, now: Instant, id: &TransportId, data: &[u8]) {
                     }
                 }
             }
-            RtcpItem::Nack { media_ssrc, items, .. } => {
-                let cid = transports.get(id).and_then(|t| t.consumer_by_ssrc.get(&media_ssrc)).cloned();
-                let Some(c) = cid.and_then(|cid| room.consumers.get_mut(&cid)) else { continue };
+            RtcpItem::Nack {
+                media_ssrc, items, ..
+            } => {
+                let cid = transports
+                    .get(id)
+                    .and_then(|t| t.consumer_by_ssrc.get(&media_ssrc))
+                    .cloned();
+                let Some(c) = cid.and_then(|cid| room.consumers.get_mut(&cid)) else {
+                    continue;
+                };
                 c.buffer.handle_nack(now, items.pairs(), &mut resend);
-                let Some(t) = transports.get_mut(id) else { continue };
-                let Some(tuple) = t.ice.selected_tuple() else { continue };
+                let Some(t) = transports.get_mut(id) else {
+                    continue;
+                };
+                let Some(tuple) = t.ice.selected_tuple() else {
+                    continue;
+                };
                 for seq in resend.iter().copied() {
-                    let Some(orig) = c.buffer.get(now, seq) else { continue };
+                    let Some(orig) = c.buffer.get(now, seq) else {
+                        continue;
+                    };
                     let mut out = vec![0u8; orig.len() + 2];
                     let pkt: &[u8] = match c.rtx.as_mut() {
                         Some(enc) => match enc.encode(orig, &mut out) {
@@ -867,15 +1082,24 @@ fn handle_rtcp(w: &mut Worker, now: Instant, id: &TransportId, data: &[u8]) {
                     };
                     if let Some(ctx) = t.srtp_out.as_mut() {
                         if let Ok(enc) = ctx.encrypt_rtp(pkt) {
-                            outputs.push_back(Output::Transmit { tuple, data: enc.to_vec() });
+                            outputs.push_back(Output::Transmit { tuple, data: enc });
                         }
                     }
                 }
             }
             RtcpItem::Pli { media_ssrc, .. } | RtcpItem::Fir { media_ssrc, .. } => {
-                let cid = transports.get(id).and_then(|t| t.consumer_by_ssrc.get(&media_ssrc)).cloned();
-                let Some(c) = cid.and_then(|cid| room.consumers.get(&cid)) else { continue };
-                let enc = c.selector.as_ref().and_then(|s| s.current_layers().or(s.target_layers())).map(|(s, _)| s as usize);
+                let cid = transports
+                    .get(id)
+                    .and_then(|t| t.consumer_by_ssrc.get(&media_ssrc))
+                    .cloned();
+                let Some(c) = cid.and_then(|cid| room.consumers.get(&cid)) else {
+                    continue;
+                };
+                let enc = c
+                    .selector
+                    .as_ref()
+                    .and_then(|s| s.current_layers().or(s.target_layers()))
+                    .map(|(s, _)| s as usize);
                 let pid = c.producer.clone();
                 if let Some(p) = room.producers.get_mut(&pid) {
                     let reqs = p.request_keyframe(now, enc);
@@ -888,7 +1112,12 @@ fn handle_rtcp(w: &mut Worker, now: Instant, id: &TransportId, data: &[u8]) {
 }
 
 /// Periodic media work of one room.
-pub fn room_timeout(room: &mut Room, now: Instant, outputs: &mut Outputs, transports: &mut Transports) {
+pub fn room_timeout(
+    room: &mut Room,
+    now: Instant,
+    outputs: &mut Outputs,
+    transports: &mut Transports,
+) {
     let mut buf: Vec<u8> = Vec::with_capacity(256);
     let mut seqs: Vec<u16> = Vec::new();
     let mut reported = false;
@@ -906,8 +1135,12 @@ pub fn room_timeout(room: &mut Room, now: Instant, outputs: &mut Outputs, transp
         // Held keyframe requests whose throttle window ended.
         while let Some(r) = p.keyframes.poll_request(now) {
             match r.kind {
-                KeyFrameRequestKind::Pli => rtcp_core::write_pli(&mut buf, RTCP_SENDER_SSRC, r.media_ssrc),
-                KeyFrameRequestKind::Fir => rtcp_core::write_fir(&mut buf, RTCP_SENDER_SSRC, r.media_ssrc, r.fir_seq),
+                KeyFrameRequestKind::Pli => {
+                    rtcp_core::write_pli(&mut buf, RTCP_SENDER_SSRC, r.media_ssrc)
+                }
+                KeyFrameRequestKind::Fir => {
+                    rtcp_core::write_fir(&mut buf, RTCP_SENDER_SSRC, r.media_ssrc, r.fir_seq)
+                }
             }
         }
         if now >= p.next_report {
@@ -941,7 +1174,8 @@ pub fn room_timeout(room: &mut Room, now: Instant, outputs: &mut Outputs, transp
         if now < c.next_report {
             continue;
         }
-        c.next_report = now + RTCP_REPORT_INTERVAL + Duration::from_millis(rand::rng().random_range(0..100));
+        c.next_report =
+            now + RTCP_REPORT_INTERVAL + Duration::from_millis(rand::rng().random_range(0..100));
         if c.send.packets_sent() == 0 {
             continue;
         }
@@ -954,10 +1188,22 @@ pub fn room_timeout(room: &mut Room, now: Instant, outputs: &mut Outputs, transp
 }
 
 /// Runs simulcast selectors' timers (layer inactivity, keyframe request retries).
-fn simulcast_timeouts(room: &mut Room, now: Instant, outputs: &mut Outputs, transports: &mut Transports) {
-    let Room { producers, consumers, peers, .. } = room;
+fn simulcast_timeouts(
+    room: &mut Room,
+    now: Instant,
+    outputs: &mut Outputs,
+    transports: &mut Transports,
+) {
+    let Room {
+        producers,
+        consumers,
+        peers,
+        ..
+    } = room;
     for c in consumers.values_mut() {
-        let Some(sel) = c.selector.as_mut() else { continue };
+        let Some(sel) = c.selector.as_mut() else {
+            continue;
+        };
         if sel.poll_timeout().is_none_or(|t| t > now) {
             continue;
         }
@@ -988,7 +1234,12 @@ fn simulcast_timeouts(room: &mut Room, now: Instant, outputs: &mut Outputs, tran
 
 /// Sends `producerScore` and `consumerScore` when scores changed since the last report.
 fn notify_scores(room: &mut Room, now: Instant, outputs: &mut Outputs) {
-    let Room { producers, consumers, peers, .. } = room;
+    let Room {
+        producers,
+        consumers,
+        peers,
+        ..
+    } = room;
     for p in producers.values_mut() {
         let scores = p.scores(now);
         let changed = scores != p.last_scores;
@@ -1004,14 +1255,27 @@ fn notify_scores(room: &mut Room, now: Instant, outputs: &mut Outputs) {
             }
         }
         let producer_score = match p.consumers.first().and_then(|c| consumers.get(c)) {
-            Some(c) if c.simulcast => c.current_encoding().and_then(|e| scores.get(e)).copied().unwrap_or(0),
+            Some(c) if c.simulcast => c
+                .current_encoding()
+                .and_then(|e| scores.get(e))
+                .copied()
+                .unwrap_or(0),
             _ => scores.iter().copied().max().unwrap_or(0),
         };
         for cid in &p.consumers {
-            let Some(c) = consumers.get_mut(cid) else { continue };
-            let own = if c.send.packets_sent() > 0 { c.send.score() } else { 0 };
+            let Some(c) = consumers.get_mut(cid) else {
+                continue;
+            };
+            let own = if c.send.packets_sent() > 0 {
+                c.send.score()
+            } else {
+                0
+            };
             let pscore = if c.simulcast {
-                c.current_encoding().and_then(|e| scores.get(e)).copied().unwrap_or(producer_score)
+                c.current_encoding()
+                    .and_then(|e| scores.get(e))
+                    .copied()
+                    .unwrap_or(producer_score)
             } else {
                 producer_score
             };

@@ -56,7 +56,7 @@ pub enum Output {
         /// Where.
         tuple: Tuple,
         /// The bytes (already SRTP-protected where applicable).
-        data: Vec<u8>,
+        data: bytes::Bytes,
     },
     /// Deliver a message to a signaling session.
     ToPeer {
@@ -188,7 +188,11 @@ impl Worker {
 
     /// Earliest instant at which [`Worker::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let t = self.transports.values().filter_map(|t| t.poll_timeout()).min();
+        let t = self
+            .transports
+            .values()
+            .filter_map(|t| t.poll_timeout())
+            .min();
         let m = self.rooms.values().filter_map(|r| r.poll_timeout()).min();
         match (t, m) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -203,7 +207,13 @@ impl Worker {
 
     /// A signaling session opened for (room, peer). A previous session of the same peer is
     /// closed and the peer replaced, as mediasoup-demo does.
-    pub fn handle_session_open(&mut self, _now: Instant, session: SessionId, room_id: RoomId, peer_id: PeerId) {
+    pub fn handle_session_open(
+        &mut self,
+        _now: Instant,
+        session: SessionId,
+        room_id: RoomId,
+        peer_id: PeerId,
+    ) {
         let old_session = self
             .rooms
             .get(&room_id)
@@ -243,14 +253,20 @@ impl Worker {
 
     /// Removes a peer with its transports, producers and consumers; tells the others.
     fn remove_peer(&mut self, room_id: &RoomId, peer_id: &PeerId) {
-        let Some(room) = self.rooms.get_mut(room_id) else { return };
-        let Some(peer) = room.peers.get(peer_id) else { return };
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
+        let Some(peer) = room.peers.get(peer_id) else {
+            return;
+        };
         let transports = peer.transports.clone();
         let joined = peer.joined;
         for t in transports {
             self.close_transport(&t);
         }
-        let Some(room) = self.rooms.get_mut(room_id) else { return };
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
         room.peers.remove(peer_id);
         if joined {
             for other in room.peers.values().filter(|p| p.joined) {
@@ -271,10 +287,14 @@ impl Worker {
 
     /// Closes a transport: its producers and consumers close too.
     fn close_transport(&mut self, id: &TransportId) {
-        let Some(t) = self.transports.remove(id) else { return };
+        let Some(t) = self.transports.remove(id) else {
+            return;
+        };
         self.by_ufrag.retain(|_, v| v != id);
         self.by_tuple.retain(|_, v| v != id);
-        self.outputs.push_back(Output::DtlsStop { transport: id.clone() });
+        self.outputs.push_back(Output::DtlsStop {
+            transport: id.clone(),
+        });
         if let Some(room) = self.rooms.get_mut(&t.room) {
             let producers: Vec<_> = t.producers.iter().cloned().collect();
             let consumers: Vec<_> = t.consumers.iter().cloned().collect();
@@ -291,9 +311,19 @@ impl Worker {
     }
 
     /// A peer answered a `newConsumer` request.
-    pub fn handle_consumer_answer(&mut self, now: Instant, session: SessionId, consumer: &ConsumerId, accepted: bool) {
-        let Some((room_id, _)) = self.sessions.get(&session) else { return };
-        let Some(room) = self.rooms.get_mut(room_id) else { return };
+    pub fn handle_consumer_answer(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        consumer: &ConsumerId,
+        accepted: bool,
+    ) {
+        let Some((room_id, _)) = self.sessions.get(&session) else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
         if accepted {
             room.resume_consumer(now, consumer, &mut self.outputs, &mut self.transports);
         } else {
@@ -302,15 +332,27 @@ impl Worker {
     }
 
     /// Handles one typed signaling request.
-    pub fn handle_request(&mut self, now: Instant, session: SessionId, req: ClientRequest) -> Result<Value, RequestFailure> {
+    pub fn handle_request(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        req: ClientRequest,
+    ) -> Result<Value, RequestFailure> {
         let r = self.dispatch(now, session, req);
         if r.is_err() {
-            self.counters.requests_failed.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .requests_failed
+                .fetch_add(1, Ordering::Relaxed);
         }
         r
     }
 
-    fn dispatch(&mut self, now: Instant, session: SessionId, req: ClientRequest) -> Result<Value, RequestFailure> {
+    fn dispatch(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        req: ClientRequest,
+    ) -> Result<Value, RequestFailure> {
         let (room_id, peer_id) = self
             .sessions
             .get(&session)
@@ -324,64 +366,136 @@ impl Worker {
             R::ConnectWebRtcTransport {
                 transport_id,
                 dtls_parameters,
-            } => self.connect_transport(&peer_id, &TransportId(transport_id), &dtls_parameters),
-            R::RestartIce { transport_id } => self.restart_ice(&peer_id, &TransportId(transport_id)),
+            } => {
+                self.connect_transport(&peer_id, &TransportId::from(transport_id), &dtls_parameters)
+            }
+            R::RestartIce { transport_id } => {
+                self.restart_ice(&peer_id, &TransportId::from(transport_id))
+            }
             R::Produce {
                 transport_id,
                 kind,
                 rtp_parameters,
                 app_data,
-            } => self.produce(now, &room_id, &peer_id, &TransportId(transport_id), &kind, rtp_parameters, app_data),
+            } => self.produce(
+                now,
+                &room_id,
+                &peer_id,
+                &TransportId::from(transport_id),
+                &kind,
+                rtp_parameters,
+                app_data,
+            ),
             R::DataChannel(m) => Err((501, format!("{m}: data channels are not supported yet"))),
             other => {
                 let room = self
                     .rooms
                     .get_mut(&room_id)
                     .ok_or_else(|| not_found("room", room_id.as_str()))?;
-                room.handle_peer_request(now, &peer_id, other, &mut self.outputs, &mut self.transports)
+                room.handle_peer_request(
+                    now,
+                    &peer_id,
+                    other,
+                    &mut self.outputs,
+                    &mut self.transports,
+                )
             }
         }
     }
 
-    fn join(&mut self, now: Instant, room_id: &RoomId, peer_id: &PeerId, j: crate::signaling::protoo::JoinData) -> Result<Value, RequestFailure> {
+    fn join(
+        &mut self,
+        now: Instant,
+        room_id: &RoomId,
+        peer_id: &PeerId,
+        j: crate::signaling::protoo::JoinData,
+    ) -> Result<Value, RequestFailure> {
         let caps = match &j.rtp_capabilities {
             Some(v) => {
                 let caps: RtpCapabilities = serde_json::from_value(v.clone())
                     .map_err(|e| bad_request(format!("invalid rtpCapabilities: {e}")))?;
-                ortc::validate_rtp_capabilities(&caps).map_err(|e| bad_request(format!("invalid rtpCapabilities: {e}")))?;
+                ortc::validate_rtp_capabilities(&caps)
+                    .map_err(|e| bad_request(format!("invalid rtpCapabilities: {e}")))?;
                 Some(caps)
             }
             None => None,
         };
-        let room = self.rooms.get_mut(room_id).ok_or_else(|| not_found("room", room_id.as_str()))?;
-        room.join(now, peer_id, j.display_name, j.device, caps, &mut self.rng, &mut self.outputs, &mut self.transports)
+        let room = self
+            .rooms
+            .get_mut(room_id)
+            .ok_or_else(|| not_found("room", room_id.as_str()))?;
+        room.join(
+            now,
+            peer_id,
+            j.display_name,
+            j.device,
+            caps,
+            &mut self.rng,
+            &mut self.outputs,
+            &mut self.transports,
+        )
     }
 
-    fn create_transport(&mut self, room_id: &RoomId, peer_id: &PeerId, d: crate::signaling::protoo::CreateTransportData) -> Result<Value, RequestFailure> {
+    fn create_transport(
+        &mut self,
+        room_id: &RoomId,
+        peer_id: &PeerId,
+        d: crate::signaling::protoo::CreateTransportData,
+    ) -> Result<Value, RequestFailure> {
         const MAX_TRANSPORTS_PER_PEER: usize = 8;
-        let room = self.rooms.get_mut(room_id).ok_or_else(|| not_found("room", room_id.as_str()))?;
-        let peer = room.peers.get_mut(peer_id).ok_or_else(|| not_found("peer", peer_id.as_str()))?;
+        let room = self
+            .rooms
+            .get_mut(room_id)
+            .ok_or_else(|| not_found("room", room_id.as_str()))?;
+        let peer = room
+            .peers
+            .get_mut(peer_id)
+            .ok_or_else(|| not_found("peer", peer_id.as_str()))?;
         if peer.transports.len() >= MAX_TRANSPORTS_PER_PEER {
             return Err(bad_request("too many transports for this peer"));
         }
         let id = TransportId::random();
-        let t = Transport::new(id.clone(), room_id.clone(), peer_id.clone(), d.producing, d.consuming, self.cfg.consent_timeout, &mut self.rng);
-        let answer = t.describe(&self.cfg.announced_address, self.cfg.rtc_port, d.force_tcp, &self.fingerprints);
-        self.by_ufrag.insert(t.ice.local_ufrag().to_owned(), id.clone());
+        let t = Transport::new(
+            id.clone(),
+            room_id.clone(),
+            peer_id.clone(),
+            d.producing,
+            d.consuming,
+            self.cfg.consent_timeout,
+            &mut self.rng,
+        );
+        let answer = t.describe(
+            &self.cfg.announced_address,
+            self.cfg.rtc_port,
+            d.force_tcp,
+            &self.fingerprints,
+        );
+        self.by_ufrag
+            .insert(t.ice.local_ufrag().to_owned(), id.clone());
         peer.transports.push(id.clone());
         self.transports.insert(id, t);
         Ok(answer)
     }
 
-    fn owned_transport(&mut self, peer_id: &PeerId, id: &TransportId) -> Result<&mut Transport, RequestFailure> {
+    fn owned_transport(
+        &mut self,
+        peer_id: &PeerId,
+        id: &TransportId,
+    ) -> Result<&mut Transport, RequestFailure> {
         match self.transports.get_mut(id) {
             Some(t) if &t.peer == peer_id => Ok(t),
             _ => Err(not_found("transport", id.as_str())),
         }
     }
 
-    fn connect_transport(&mut self, peer_id: &PeerId, id: &TransportId, dtls: &Value) -> Result<Value, RequestFailure> {
-        let params = crate::edge::dtls::DtlsParameters::from_json(dtls).map_err(|e| bad_request(e.to_string()))?;
+    fn connect_transport(
+        &mut self,
+        peer_id: &PeerId,
+        id: &TransportId,
+        dtls: &Value,
+    ) -> Result<Value, RequestFailure> {
+        let params = crate::edge::dtls::DtlsParameters::from_json(dtls)
+            .map_err(|e| bad_request(e.to_string()))?;
         let t = self.owned_transport(peer_id, id)?;
         let role = t.connect(&params).map_err(bad_request)?;
         self.outputs.push_back(Output::DtlsStart {
@@ -404,13 +518,36 @@ impl Worker {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn produce(&mut self, now: Instant, room_id: &RoomId, peer_id: &PeerId, transport_id: &TransportId, kind: &str, rtp_parameters: Value, app_data: Value) -> Result<Value, RequestFailure> {
+    fn produce(
+        &mut self,
+        now: Instant,
+        room_id: &RoomId,
+        peer_id: &PeerId,
+        transport_id: &TransportId,
+        kind: &str,
+        rtp_parameters: Value,
+        app_data: Value,
+    ) -> Result<Value, RequestFailure> {
         let t = self.owned_transport(peer_id, transport_id)?;
         if !t.producing {
             return Err(bad_request("transport was not created for producing"));
         }
-        let room = self.rooms.get_mut(room_id).ok_or_else(|| not_found("room", room_id.as_str()))?;
-        room.produce(now, peer_id, transport_id, kind, rtp_parameters, app_data, &self.router_caps, &mut self.rng, &mut self.outputs, &mut self.transports)
+        let room = self
+            .rooms
+            .get_mut(room_id)
+            .ok_or_else(|| not_found("room", room_id.as_str()))?;
+        room.produce(
+            now,
+            peer_id,
+            transport_id,
+            kind,
+            rtp_parameters,
+            app_data,
+            &self.router_caps,
+            &mut self.rng,
+            &mut self.outputs,
+            &mut self.transports,
+        )
     }
 
     /// A packet arrived on the shared port (a UDP datagram or one RFC 4571 frame).
@@ -434,11 +571,16 @@ impl Worker {
 
     /// An event from a transport's DTLS session.
     pub fn handle_dtls(&mut self, now: Instant, id: &TransportId, ev: DtlsEvent) {
-        let Some(t) = self.transports.get_mut(id) else { return };
+        let Some(t) = self.transports.get_mut(id) else {
+            return;
+        };
         match ev {
             DtlsEvent::Transmit(data) => {
                 if let Some(tuple) = t.ice.selected_tuple() {
-                    self.outputs.push_back(Output::Transmit { tuple, data });
+                    self.outputs.push_back(Output::Transmit {
+                        tuple,
+                        data: data.into(),
+                    });
                 }
             }
             DtlsEvent::Connected(keys) => {
@@ -484,7 +626,9 @@ impl Worker {
             if let Some(t) = self.transports.get(id) {
                 for tuple in t.ice.tuples() {
                     if tuple.protocol == crate::edge::ice::Protocol::Tcp {
-                        self.outputs.push_back(Output::CloseTcp { remote: tuple.remote });
+                        self.outputs.push_back(Output::CloseTcp {
+                            remote: tuple.remote,
+                        });
                     }
                 }
             }

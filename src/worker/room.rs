@@ -90,8 +90,16 @@ impl Room {
 
     /// Earliest media deadline (RTCP reports, NACK retries, feedback).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let p = self.producers.values().filter_map(|p| p.poll_timeout()).min();
-        let c = self.consumers.values().filter_map(|c| c.poll_timeout()).min();
+        let p = self
+            .producers
+            .values()
+            .filter_map(|p| p.poll_timeout())
+            .min();
+        let c = self
+            .consumers
+            .values()
+            .filter_map(|c| c.poll_timeout())
+            .min();
         match (p, c) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -111,7 +119,10 @@ impl Room {
         outputs: &mut Outputs,
         transports: &mut Transports,
     ) -> Result<Value, RequestFailure> {
-        let peer = self.peers.get_mut(peer_id).ok_or_else(|| not_found("peer", peer_id.as_str()))?;
+        let peer = self
+            .peers
+            .get_mut(peer_id)
+            .ok_or_else(|| not_found("peer", peer_id.as_str()))?;
         if peer.joined {
             return Err((409, "peer already joined".into()));
         }
@@ -152,12 +163,21 @@ impl Room {
         outputs: &mut Outputs,
         transports: &mut Transports,
     ) -> Result<Value, RequestFailure> {
-        let peer = self.peers.get(peer_id).ok_or_else(|| not_found("peer", peer_id.as_str()))?;
+        let peer = self
+            .peers
+            .get(peer_id)
+            .ok_or_else(|| not_found("peer", peer_id.as_str()))?;
         if !peer.joined {
             return Err((403, "join before producing".into()));
         }
         const MAX_PRODUCERS_PER_PEER: usize = 16;
-        if self.producers.values().filter(|p| &p.peer == peer_id).count() >= MAX_PRODUCERS_PER_PEER {
+        if self
+            .producers
+            .values()
+            .filter(|p| &p.peer == peer_id)
+            .count()
+            >= MAX_PRODUCERS_PER_PEER
+        {
             return Err(bad_request("too many producers for this peer"));
         }
         let kind = match kind {
@@ -165,13 +185,23 @@ impl Room {
             "video" => MediaKind::Video,
             other => return Err(bad_request(format!("invalid kind {other:?}"))),
         };
-        let params: RtpParameters =
-            serde_json::from_value(rtp_parameters).map_err(|e| bad_request(format!("invalid rtpParameters: {e}")))?;
+        let params: RtpParameters = serde_json::from_value(rtp_parameters)
+            .map_err(|e| bad_request(format!("invalid rtpParameters: {e}")))?;
         let transport = transports
             .get_mut(transport_id)
             .ok_or_else(|| not_found("transport", transport_id.as_str()))?;
-        let producer = Producer::new(now, ProducerId::random(), peer_id.clone(), transport, kind, params, app_data, router_caps, rng)
-            .map_err(bad_request)?;
+        let producer = Producer::new(
+            now,
+            ProducerId::random(),
+            peer_id.clone(),
+            transport,
+            kind,
+            params,
+            app_data,
+            router_caps,
+            rng,
+        )
+        .map_err(bad_request)?;
         let id = producer.id.clone();
         transport.producers.insert(id.clone());
         self.producers.insert(id.clone(), producer);
@@ -198,9 +228,15 @@ impl Room {
         outputs: &mut Outputs,
         transports: &mut Transports,
     ) {
-        let Some(peer) = self.peers.get(peer_id) else { return };
-        let Some(caps) = &peer.rtp_capabilities else { return };
-        let Some(producer) = self.producers.get_mut(producer_id) else { return };
+        let Some(peer) = self.peers.get(peer_id) else {
+            return;
+        };
+        let Some(caps) = &peer.rtp_capabilities else {
+            return;
+        };
+        let Some(producer) = self.producers.get_mut(producer_id) else {
+            return;
+        };
         let Some(transport_id) = peer
             .transports
             .iter()
@@ -213,15 +249,29 @@ impl Room {
             Ok(true) => {}
             _ => return,
         }
-        let params = match ortc::get_consumer_rtp_parameters(&producer.consumable, caps, false, &mut || rand::Rng::random::<u32>(rng)) {
+        let params = match ortc::get_consumer_rtp_parameters(
+            &producer.consumable,
+            caps,
+            false,
+            &mut || rand::Rng::random::<u32>(rng),
+        ) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(peer = %peer_id, producer = %producer_id, error = %e, "cannot derive consumer parameters");
                 return;
             }
         };
-        let Some(transport) = transports.get_mut(&transport_id) else { return };
-        let consumer = Consumer::new(now, ConsumerId::random(), peer_id.clone(), transport, producer, params);
+        let Some(transport) = transports.get_mut(&transport_id) else {
+            return;
+        };
+        let consumer = Consumer::new(
+            now,
+            ConsumerId::random(),
+            peer_id.clone(),
+            transport,
+            producer,
+            params,
+        );
         let id = consumer.id.clone();
         let data = json!({
             "peerId": producer.peer,
@@ -243,8 +293,16 @@ impl Room {
     }
 
     /// The peer accepted a consumer: it starts flowing (and asks for a keyframe).
-    pub fn resume_consumer(&mut self, now: Instant, id: &ConsumerId, outputs: &mut Outputs, transports: &mut Transports) {
-        let Some(c) = self.consumers.get_mut(id) else { return };
+    pub fn resume_consumer(
+        &mut self,
+        now: Instant,
+        id: &ConsumerId,
+        outputs: &mut Outputs,
+        transports: &mut Transports,
+    ) {
+        let Some(c) = self.consumers.get_mut(id) else {
+            return;
+        };
         c.paused = false;
         if let Some(p) = self.producers.get_mut(&c.producer) {
             c.on_resumed(now, p, outputs, transports);
@@ -252,8 +310,15 @@ impl Room {
     }
 
     /// Closes a producer and all its consumers (telling their peers).
-    pub fn close_producer(&mut self, id: &ProducerId, outputs: &mut Outputs, transports: &mut Transports) {
-        let Some(p) = self.producers.remove(id) else { return };
+    pub fn close_producer(
+        &mut self,
+        id: &ProducerId,
+        outputs: &mut Outputs,
+        transports: &mut Transports,
+    ) {
+        let Some(p) = self.producers.remove(id) else {
+            return;
+        };
         if let Some(t) = transports.get_mut(&p.transport) {
             t.producers.remove(id);
             p.unregister(t);
@@ -264,8 +329,16 @@ impl Room {
     }
 
     /// Closes a consumer; `notify_peer` sends `consumerClosed` (not when the peer itself asked).
-    pub fn close_consumer(&mut self, id: &ConsumerId, notify_peer: bool, outputs: &mut Outputs, transports: &mut Transports) {
-        let Some(c) = self.consumers.remove(id) else { return };
+    pub fn close_consumer(
+        &mut self,
+        id: &ConsumerId,
+        notify_peer: bool,
+        outputs: &mut Outputs,
+        transports: &mut Transports,
+    ) {
+        let Some(c) = self.consumers.remove(id) else {
+            return;
+        };
         if let Some(t) = transports.get_mut(&c.transport) {
             t.consumers.remove(id);
             c.unregister(t);
@@ -275,14 +348,30 @@ impl Room {
         }
         if notify_peer {
             if let Some(peer) = self.peers.get(&c.peer) {
-                notify(outputs, peer.session, "consumerClosed", json!({ "consumerId": id }));
+                notify(
+                    outputs,
+                    peer.session,
+                    "consumerClosed",
+                    json!({ "consumerId": id }),
+                );
             }
         }
     }
 
     /// A transport finished DTLS: consumers on it may start sending.
-    pub fn on_transport_connected(&mut self, now: Instant, id: &TransportId, outputs: &mut Outputs, transports: &mut Transports) {
-        let ids: Vec<ConsumerId> = self.consumers.values().filter(|c| &c.transport == id).map(|c| c.id.clone()).collect();
+    pub fn on_transport_connected(
+        &mut self,
+        now: Instant,
+        id: &TransportId,
+        outputs: &mut Outputs,
+        transports: &mut Transports,
+    ) {
+        let ids: Vec<ConsumerId> = self
+            .consumers
+            .values()
+            .filter(|c| &c.transport == id)
+            .map(|c| c.id.clone())
+            .collect();
         for cid in ids {
             if let Some(c) = self.consumers.get_mut(&cid) {
                 if c.is_active() {
@@ -340,7 +429,10 @@ impl Room {
                 c.set_preferred_layers(now, spatial_layer, temporal_layer);
                 ok()
             }
-            R::SetConsumerPriority { consumer_id, priority } => {
+            R::SetConsumerPriority {
+                consumer_id,
+                priority,
+            } => {
                 if priority == 0 {
                     return Err(bad_request("priority must be 1..=255"));
                 }
@@ -357,10 +449,17 @@ impl Room {
                 ok()
             }
             R::ChangeDisplayName { display_name } => {
-                let peer = self.peers.get_mut(peer_id).ok_or_else(|| not_found("peer", peer_id.as_str()))?;
+                let peer = self
+                    .peers
+                    .get_mut(peer_id)
+                    .ok_or_else(|| not_found("peer", peer_id.as_str()))?;
                 let old = std::mem::replace(&mut peer.display_name, display_name.clone());
                 let session = peer.session;
-                for other in self.peers.values().filter(|p| p.joined && p.session != session) {
+                for other in self
+                    .peers
+                    .values()
+                    .filter(|p| p.joined && p.session != session)
+                {
                     notify(
                         outputs,
                         other.session,
@@ -372,14 +471,18 @@ impl Room {
             }
             R::GetTransportStats { transport_id } => {
                 let t = transports
-                    .get(&TransportId(transport_id.clone()))
+                    .get(transport_id.as_str())
                     .filter(|t| &t.peer == peer_id)
                     .ok_or_else(|| not_found("transport", &transport_id))?;
                 Ok(super::media::transport_stats(t))
             }
             R::GetProducerStats { producer_id } => {
                 let id = self.own_producer(peer_id, &producer_id)?;
-                Ok(self.producers.get(&id).map(|p| p.stats()).unwrap_or(Value::Null))
+                Ok(self
+                    .producers
+                    .get(&id)
+                    .map(|p| p.stats())
+                    .unwrap_or(Value::Null))
             }
             R::GetConsumerStats { consumer_id } => {
                 let c = self.own_consumer(peer_id, &consumer_id)?;
@@ -389,15 +492,30 @@ impl Room {
         }
     }
 
-    fn set_producer_paused(&mut self, now: Instant, id: &ProducerId, paused: bool, outputs: &mut Outputs, transports: &mut Transports) {
-        let Some(p) = self.producers.get_mut(id) else { return };
+    fn set_producer_paused(
+        &mut self,
+        now: Instant,
+        id: &ProducerId,
+        paused: bool,
+        outputs: &mut Outputs,
+        transports: &mut Transports,
+    ) {
+        let Some(p) = self.producers.get_mut(id) else {
+            return;
+        };
         if p.paused == paused {
             return;
         }
         p.paused = paused;
-        let method = if paused { "consumerPaused" } else { "consumerResumed" };
+        let method = if paused {
+            "consumerPaused"
+        } else {
+            "consumerResumed"
+        };
         for cid in p.consumers.clone() {
-            let Some(c) = self.consumers.get_mut(&cid) else { continue };
+            let Some(c) = self.consumers.get_mut(&cid) else {
+                continue;
+            };
             c.producer_paused = paused;
             if let Some(peer) = self.peers.get(&c.peer) {
                 notify(outputs, peer.session, method, json!({ "consumerId": cid }));
@@ -409,22 +527,31 @@ impl Room {
     }
 
     fn own_producer(&self, peer_id: &PeerId, id: &str) -> Result<ProducerId, RequestFailure> {
-        let id = ProducerId(id.to_owned());
+        let id = ProducerId::from(id);
         match self.producers.get(&id) {
             Some(p) if &p.peer == peer_id => Ok(id),
             _ => Err(not_found("producer", id.as_str())),
         }
     }
 
-    fn own_consumer(&mut self, peer_id: &PeerId, id: &str) -> Result<&mut Consumer, RequestFailure> {
-        match self.consumers.get_mut(&ConsumerId(id.to_owned())) {
+    fn own_consumer(
+        &mut self,
+        peer_id: &PeerId,
+        id: &str,
+    ) -> Result<&mut Consumer, RequestFailure> {
+        match self.consumers.get_mut(id) {
             Some(c) if &c.peer == peer_id => Ok(c),
             _ => Err(not_found("consumer", id)),
         }
     }
 
     /// Runs media timers of producers and consumers.
-    pub fn handle_timeout(&mut self, now: Instant, outputs: &mut Outputs, transports: &mut Transports) {
+    pub fn handle_timeout(
+        &mut self,
+        now: Instant,
+        outputs: &mut Outputs,
+        transports: &mut Transports,
+    ) {
         super::media::room_timeout(self, now, outputs, transports);
     }
 }

@@ -92,13 +92,21 @@ impl Transport {
             twcc_in: None,
             cname_for_producers: {
                 use rand::Rng;
-                (0..16).map(|_| char::from(b'a' + rng.random_range(0..26u8))).collect()
+                (0..16)
+                    .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+                    .collect()
             },
         }
     }
 
     /// `createWebRtcTransport`'s answer: id, iceParameters, iceCandidates, dtlsParameters.
-    pub fn describe(&self, address: &str, port: u16, force_tcp: bool, fingerprints: &[Fingerprint]) -> Value {
+    pub fn describe(
+        &self,
+        address: &str,
+        port: u16,
+        force_tcp: bool,
+        fingerprints: &[Fingerprint],
+    ) -> Value {
         let mut candidates = Vec::new();
         if !force_tcp {
             candidates.push(json!({
@@ -147,8 +155,14 @@ impl Transport {
 
     /// The handshake completed: set up SRTP.
     pub fn on_dtls_connected(&mut self, keys: &SrtpKeys) -> Result<(), String> {
-        let srtp_in = Context::new(&keys.remote_key, &keys.remote_salt, keys.profile, None, None)
-            .map_err(|e| e.to_string())?;
+        let srtp_in = Context::new(
+            &keys.remote_key,
+            &keys.remote_salt,
+            keys.profile,
+            None,
+            None,
+        )
+        .map_err(|e| e.to_string())?;
         let srtp_out = Context::new(&keys.local_key, &keys.local_salt, keys.profile, None, None)
             .map_err(|e| e.to_string())?;
         self.srtp_in = Some(srtp_in);
@@ -159,7 +173,10 @@ impl Transport {
 
     /// Earliest ICE deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let t = self.twcc_in.as_ref().and_then(|t| t.recorder.poll_timeout());
+        let t = self
+            .twcc_in
+            .as_ref()
+            .and_then(|t| t.recorder.poll_timeout());
         match (self.ice.poll_timeout(), t) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
