@@ -398,6 +398,8 @@ pub struct Consumer {
     rewriter: StreamRewriter,
     rtx: Option<RtxEncoder>,
     buffer: RetransmissionBuffer,
+    /// NACK was negotiated: keep sent packets for retransmission.
+    nack: bool,
     send: SendStats,
     twcc_ext: Option<u8>,
     scratch: Vec<u8>,
@@ -424,6 +426,7 @@ impl Consumer {
         let ssrc = enc.ssrc.unwrap_or(1);
         let media = rtp_parameters.codecs.iter().find(|c| !c.is_rtx());
         let payload_type = media.map(|c| c.payload_type).unwrap_or(0);
+        let nack = media.is_some_and(|c| c.rtcp_feedback.iter().any(|f| f.r#type == "nack" && f.parameter.is_empty()));
         let clock_rate = media.map(|c| c.clock_rate).unwrap_or(90_000);
         let rtx = match (enc.rtx, rtp_parameters.codecs.iter().find(|c| c.is_rtx())) {
             (Some(r), Some(c)) => Some(RtxEncoder::new(r.ssrc, c.payload_type, rand::random())),
@@ -458,7 +461,13 @@ impl Consumer {
             ssrc,
             rewriter: StreamRewriter::new(ssrc, clock_rate, rand::random()),
             rtx,
-            buffer: RetransmissionBuffer::new(RetransmissionConfig::default()),
+            // Slots fill lazily up to ~1.5 KB each: size the buffer to what NACK can use. A
+            // consumer without negotiated NACK (usually audio) keeps none.
+            buffer: RetransmissionBuffer::new(RetransmissionConfig {
+                capacity: if nack { 512 } else { 16 },
+                ..RetransmissionConfig::default()
+            }),
+            nack,
             send: SendStats::new(clock_rate),
             twcc_ext,
             scratch: Vec::with_capacity(1500),
@@ -961,7 +970,9 @@ fn forward(
             let s = t.next_twcc_seq();
             out.set_transport_wide_seq(ext, s);
         }
-        let _ = c.buffer.insert(now, rw.seq, &c.scratch);
+        if c.nack {
+            let _ = c.buffer.insert(now, rw.seq, &c.scratch);
+        }
         c.send.on_packet_sent(now, rw.timestamp, len);
         let Some(tuple) = t.ice.selected_tuple() else {
             continue;
