@@ -68,8 +68,15 @@ pub struct NodeAddrs {
 const WORKER_QUEUE: usize = 4096;
 /// Frames queued towards one TCP client before frames are dropped.
 const TCP_WRITE_QUEUE: usize = 512;
-/// Largest RFC 4571 frame accepted from a client.
-const MAX_TCP_FRAME: usize = 65535;
+/// Concurrent TCP media connections accepted; more are refused at accept.
+const MAX_TCP_CONNECTIONS: usize = 10_000;
+/// A TCP media connection that sends nothing for this long is closed (ICE consent checks
+/// arrive every few seconds on a live one).
+const TCP_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(35);
+/// Largest RFC 4571 frame accepted from a client. RFC 4571 allows 65535, but every packet a
+/// WebRTC client sends fits a path MTU; a larger length prefix means a desynchronised or
+/// hostile stream, which is closed at once rather than buffered.
+const MAX_TCP_FRAME: usize = 4096;
 
 /// Events from glue tasks into the worker task.
 enum Event {
@@ -247,6 +254,7 @@ async fn worker_task(
             },
             _ = sleep => worker.handle_timeout(Instant::now()),
         }
+        let mut stuck: Vec<SessionId> = Vec::new();
         while let Some(out) = worker.poll_output() {
             match out {
                 Output::Transmit { tuple, data } => match tuple.protocol {
@@ -264,7 +272,7 @@ async fn worker_task(
                     if let Some(tx) = sessions.get(&session) {
                         if tx.try_send(msg).is_err() {
                             tracing::warn!(session, "peer queue full; disconnecting it");
-                            sessions.remove(&session);
+                            stuck.push(session);
                         }
                     }
                 }
@@ -300,6 +308,18 @@ async fn worker_task(
                 }
             }
         }
+        // A peer that cannot keep up leaves its room; dropping its sender ends its session.
+        for session in stuck {
+            sessions.remove(&session);
+            worker.handle_session_closed(Instant::now(), session);
+            while let Some(out) = worker.poll_output() {
+                if let Output::ToPeer { session, msg } = out {
+                    if let Some(tx) = sessions.get(&session) {
+                        let _ = tx.try_send(msg);
+                    }
+                }
+            }
+        }
     }
     for (_, tx) in sessions {
         let _ = tx.try_send(ToPeer::Close);
@@ -318,6 +338,10 @@ async fn tcp_accept(
             _ = stop.recv() => break,
             r = listener.accept() => match r {
                 Ok((stream, remote)) => {
+                    if conns.len() >= MAX_TCP_CONNECTIONS {
+                        tracing::warn!(%remote, "too many TCP media connections; refusing");
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
                     conns.spawn(tcp_conn(stream, remote, events.clone(), counters.clone()));
                 }
@@ -361,9 +385,9 @@ async fn tcp_conn(
     let mut decoder = FrameDecoder::new(MAX_TCP_FRAME);
     'read: loop {
         // Read straight into the decoder's free space: no intermediate copy.
-        let n = match rd.read(decoder.read_buf()).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        let n = match tokio::time::timeout(TCP_IDLE_TIMEOUT, rd.read(decoder.read_buf())).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => n,
         };
         decoder.commit(n);
         loop {

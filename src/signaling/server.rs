@@ -261,7 +261,9 @@ async fn run_session(
                     }
                 }
             }
-            Some(out) = from_worker.recv() => {
+            out = from_worker.recv() => {
+                // The worker dropped this session (its queue overflowed or the node stops).
+                let Some(out) = out else { break };
                 let text = match out {
                     ToPeer::Notify { method, data } => Message::Notification { method: method.into(), data }.to_text(),
                     ToPeer::NewConsumer { consumer, data } => {

@@ -57,6 +57,36 @@ impl TestNode {
         BotOptions::new(&self.url(), room, peer)
     }
 
+    /// The node's `/metrics` counters, read over HTTP from the admin listener.
+    pub async fn metrics(&self) -> std::collections::HashMap<String, u64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.addrs.admin).await.expect("admin reachable");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("request sent");
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.expect("response read");
+        body.lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                Some((k.strip_prefix("pipemesh_")?.to_owned(), v.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Waits until the counter `name` satisfies `pred` (re-reading `/metrics` until [`WAIT`]).
+    pub async fn wait_metric(&self, name: &str, pred: impl Fn(u64) -> bool) -> u64 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let v = self.metrics().await.get(name).copied().unwrap_or(0);
+            if pred(v) {
+                return v;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "metric {name} stuck at {v}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Stops the node and waits for its tasks.
     pub async fn stop(mut self) {
         let _ = self.stop.send(());
