@@ -193,8 +193,10 @@ async fn garbage_datagrams_are_dropped() {
         assert!(tx.state().closed.is_none() && rx.state().closed.is_none());
         // Every kind of junk was counted where the node dropped it.
         node.wait_metric("srtp_failures_total", |v| v > 0).await;
-        node.wait_metric("unknown_tuple_dropped_total", |v| v > 0).await;
-        node.wait_metric("unclassified_dropped_total", |v| v > 0).await;
+        node.wait_metric("unknown_tuple_dropped_total", |v| v > 0)
+            .await;
+        node.wait_metric("unclassified_dropped_total", |v| v > 0)
+            .await;
         node.wait_metric("stun_dropped_total", |v| v > 0).await;
 
         // A new session still gets served.
@@ -258,7 +260,8 @@ async fn garbage_on_the_tcp_port_is_dropped() {
             .await
             .expect("media continues over TCP");
         assert!(rx.state().closed.is_none(), "{:?}", rx.state());
-        node.wait_metric("tcp_framing_errors_total", |v| v > 0).await;
+        node.wait_metric("tcp_framing_errors_total", |v| v > 0)
+            .await;
 
         let mut o = subscriber(node.bot("badtcp", "carol"));
         o.tcp = true;

@@ -426,7 +426,11 @@ impl Consumer {
         let ssrc = enc.ssrc.unwrap_or(1);
         let media = rtp_parameters.codecs.iter().find(|c| !c.is_rtx());
         let payload_type = media.map(|c| c.payload_type).unwrap_or(0);
-        let nack = media.is_some_and(|c| c.rtcp_feedback.iter().any(|f| f.r#type == "nack" && f.parameter.is_empty()));
+        let nack = media.is_some_and(|c| {
+            c.rtcp_feedback
+                .iter()
+                .any(|f| f.r#type == "nack" && f.parameter.is_empty())
+        });
         let clock_rate = media.map(|c| c.clock_rate).unwrap_or(90_000);
         let rtx = match (enc.rtx, rtp_parameters.codecs.iter().find(|c| c.is_rtx())) {
             (Some(r), Some(c)) => Some(RtxEncoder::new(r.ssrc, c.payload_type, rand::random())),

@@ -60,7 +60,9 @@ impl TestNode {
     /// The node's `/metrics` counters, read over HTTP from the admin listener.
     pub async fn metrics(&self) -> std::collections::HashMap<String, u64> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.addrs.admin).await.expect("admin reachable");
+        let mut s = tokio::net::TcpStream::connect(self.addrs.admin)
+            .await
+            .expect("admin reachable");
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await
             .expect("request sent");
@@ -69,7 +71,10 @@ impl TestNode {
         body.lines()
             .filter_map(|l| {
                 let (k, v) = l.split_once(' ')?;
-                Some((k.strip_prefix("pipemesh_")?.to_owned(), v.trim().parse().ok()?))
+                Some((
+                    k.strip_prefix("pipemesh_")?.to_owned(),
+                    v.trim().parse().ok()?,
+                ))
             })
             .collect()
     }
@@ -82,7 +87,10 @@ impl TestNode {
             if pred(v) {
                 return v;
             }
-            assert!(tokio::time::Instant::now() < deadline, "metric {name} stuck at {v}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "metric {name} stuck at {v}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

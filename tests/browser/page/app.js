@@ -598,6 +598,7 @@ window.pm = {
 	get peer() { return state.peer; },
 	get sendTransport() { return state.sendTransport; },
 	get recvTransport() { return state.recvTransport; },
+	get producers() { return [...state.producers.values()].map((p) => p.producer); },
 	version: mediasoupClient.version,
 };
 
