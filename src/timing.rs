@@ -9,6 +9,10 @@ pub const ICE_CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DTLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Minimum interval between two keyframe requests forwarded to one producer stream.
 pub const KEYFRAME_REQUEST_THROTTLE: Duration = Duration::from_millis(500);
+/// Longest the worker sleeps while it holds media state: timers created by packets (a NACK for
+/// a gap, the first transport-wide-cc feedback) fire at most this late. Scanning every timer
+/// after each packet would cost more than it saves.
+pub const WORKER_TICK: Duration = Duration::from_millis(10);
 /// Interval between RTCP compound reports (SR/RR) on a transport.
 pub const RTCP_REPORT_INTERVAL: Duration = Duration::from_millis(1000);
 /// Interval between transport-wide-cc feedback packets sent to publishers.

@@ -402,6 +402,12 @@ pub struct Consumer {
     nack: bool,
     send: SendStats,
     twcc_ext: Option<u8>,
+    /// Router header-extension id -> itself when this consumer negotiated it, else 0 (erase).
+    ext_filter: Box<[u8; 256]>,
+    /// The same, also erasing MID (used when our MID does not fit the packet's MID bytes).
+    ext_filter_no_mid: Box<[u8; 256]>,
+    /// MID header extension id and this consumer's MID value.
+    mid: Option<(u8, Vec<u8>)>,
     scratch: Vec<u8>,
     next_report: Instant,
     /// (score, producer score) last notified.
@@ -416,8 +422,25 @@ impl Consumer {
         peer: PeerId,
         transport: &mut Transport,
         producer: &Producer,
-        rtp_parameters: RtpParameters,
+        mut rtp_parameters: RtpParameters,
     ) -> Self {
+        let mid = transport.next_mid_for_consumers.to_string();
+        transport.next_mid_for_consumers =
+            transport.next_mid_for_consumers.wrapping_add(1) % 100_000_000;
+        rtp_parameters.mid = Some(mid.clone());
+        let mut ext_filter = Box::new([0u8; 256]);
+        for e in &rtp_parameters.header_extensions {
+            ext_filter[e.id as usize] = e.id;
+        }
+        let mid_ext = rtp_parameters
+            .header_extensions
+            .iter()
+            .find(|e| e.uri == URI_MID)
+            .map(|e| e.id);
+        let mut ext_filter_no_mid = ext_filter.clone();
+        if let Some(id) = mid_ext {
+            ext_filter_no_mid[id as usize] = 0;
+        }
         let enc = rtp_parameters
             .encodings
             .first()
@@ -474,6 +497,9 @@ impl Consumer {
             nack,
             send: SendStats::new(clock_rate),
             twcc_ext,
+            ext_filter,
+            ext_filter_no_mid,
+            mid: mid_ext.map(|id| (id, mid.into_bytes())),
             scratch: Vec::with_capacity(1500),
             rtp_parameters,
             next_report: now + RTCP_REPORT_INTERVAL,
@@ -970,6 +996,18 @@ fn forward(
         let Some(rw) = c.rewriter.rewrite(now, &mut out, c.payload_type) else {
             continue;
         };
+        // Only the extensions this consumer negotiated, with its own MID (the producer's MID
+        // would steer the packet to the wrong m-section of a BUNDLEd receiver).
+        match &c.mid {
+            Some((id, mid)) if out.extension(*id).is_some_and(|v| v.len() == mid.len()) => {
+                out.remap_extension_ids(&c.ext_filter);
+                if let Some(v) = out.extension_mut(*id) {
+                    v.copy_from_slice(mid);
+                }
+            }
+            Some(_) => out.remap_extension_ids(&c.ext_filter_no_mid),
+            None => out.remap_extension_ids(&c.ext_filter),
+        }
         if let Some(ext) = c.twcc_ext {
             let s = t.next_twcc_seq();
             out.set_transport_wide_seq(ext, s);

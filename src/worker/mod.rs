@@ -31,6 +31,7 @@ use crate::router::ortc;
 use crate::router::rtp_parameters::RtpCapabilities;
 use crate::signaling::protoo::ClientRequest;
 use crate::signaling::server::{SessionId, ToPeer};
+use crate::timing::WORKER_TICK;
 
 pub use room::Room;
 pub use transport::Transport;
@@ -148,6 +149,9 @@ pub struct Worker {
     outputs: VecDeque<Output>,
     counters: Arc<WorkerCounters>,
     scratch: Vec<u8>,
+    /// Earliest timer as of the last [`Worker::handle_timeout`], and when that ran.
+    next_deadline: Option<Instant>,
+    last_timeout: Option<Instant>,
 }
 
 impl Worker {
@@ -173,6 +177,8 @@ impl Worker {
             outputs: VecDeque::new(),
             counters: Arc::new(WorkerCounters::default()),
             scratch: Vec::with_capacity(1500),
+            next_deadline: None,
+            last_timeout: None,
         }
     }
 
@@ -186,8 +192,23 @@ impl Worker {
         self.outputs.pop_front()
     }
 
-    /// Earliest instant at which [`Worker::handle_timeout`] has work to do.
+    /// When [`Worker::handle_timeout`] should run next: the earliest timer known at its last
+    /// run, and no later than [`WORKER_TICK`] after it while the worker holds any state
+    /// (packets handled since may have created earlier timers). Cheap: the glue calls it after
+    /// every input, so it must not scan every transport and consumer.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.transports.is_empty() && self.rooms.is_empty() {
+            return None;
+        }
+        let tick = self.last_timeout.map(|t| t + WORKER_TICK);
+        match (self.next_deadline, tick) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The earliest timer of every transport and room (a full scan).
+    fn earliest_timer(&self) -> Option<Instant> {
         let t = self
             .transports
             .values()
@@ -353,6 +374,8 @@ impl Worker {
         session: SessionId,
         req: ClientRequest,
     ) -> Result<Value, RequestFailure> {
+        // Timers start running with the first request (the tick is relative to the last run).
+        self.last_timeout.get_or_insert(now);
         let (room_id, peer_id) = self
             .sessions
             .get(&session)
@@ -654,5 +677,7 @@ impl Worker {
         for room in self.rooms.values_mut() {
             room.handle_timeout(now, &mut self.outputs, &mut self.transports);
         }
+        self.last_timeout = Some(now);
+        self.next_deadline = self.earliest_timer();
     }
 }

@@ -55,6 +55,9 @@ pub struct Transport {
     pub consumer_by_ssrc: HashMap<u32, ConsumerId>,
     /// Transport-wide-cc sequence number for packets we send.
     pub twcc_out_seq: u16,
+    /// Next MID assigned to a consumer on this transport (mediasoup does the same, so the
+    /// client's m-sections and the MID carried in packets agree).
+    pub next_mid_for_consumers: u32,
     /// CNAME given to producers that signal none.
     pub cname_for_producers: String,
     /// Receiver side of transport-wide-cc for what the client sends us.
@@ -90,6 +93,7 @@ impl Transport {
             consumer_by_ssrc: HashMap::new(),
             twcc_out_seq: 0,
             twcc_in: None,
+            next_mid_for_consumers: 0,
             cname_for_producers: {
                 use rand::Rng;
                 (0..16)
