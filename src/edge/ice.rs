@@ -84,6 +84,9 @@ impl IceState {
 pub enum IceEvent {
     /// A new tuple proved it knows our credentials.
     TupleAdded(Tuple),
+    /// A tuple is no longer valid (consent expired, evicted for a fresher one, or removed):
+    /// the glue forgets its route and closes it if it is a TCP connection.
+    TupleRemoved(Tuple),
     /// Media and DTLS must now be sent to this tuple.
     SelectedTupleChanged(Tuple),
     /// The ICE state changed.
@@ -357,7 +360,8 @@ impl IceServer {
             .min_by_key(|(_, e)| e.last_check)
             .map(|(i, _)| i);
         if let Some(i) = stalest {
-            self.tuples.remove(i);
+            let gone = self.tuples.remove(i).tuple;
+            self.emit(IceEvent::TupleRemoved(gone));
         }
     }
 
@@ -391,9 +395,10 @@ impl IceServer {
             .min()
     }
 
-    /// Expires consent. Unselected tuples past their deadline are forgotten silently; if the
-    /// selected tuple is past it, emits [`IceEvent::ConsentExpired`], forgets every tuple and goes
-    /// Disconnected. A later valid check reconnects.
+    /// Expires consent. Tuples past their deadline are forgotten (each reported with
+    /// [`IceEvent::TupleRemoved`]); if the selected tuple is past it, every tuple is forgotten,
+    /// [`IceEvent::ConsentExpired`] is emitted and the state goes Disconnected. A later valid
+    /// check reconnects.
     pub fn handle_timeout(&mut self, now: Instant) {
         let timeout = self.consent_timeout;
         let expired = |e: &TupleEntry| now.saturating_duration_since(e.last_check) >= timeout;
@@ -401,13 +406,19 @@ impl IceServer {
             .tuples
             .iter()
             .any(|e| Some(e.tuple) == self.selected && expired(e));
+        let mut i = 0;
+        while i < self.tuples.len() {
+            if selected_expired || expired(&self.tuples[i]) {
+                let gone = self.tuples.remove(i).tuple;
+                self.emit(IceEvent::TupleRemoved(gone));
+            } else {
+                i += 1;
+            }
+        }
         if selected_expired {
-            self.tuples.clear();
             self.selected = None;
             self.emit(IceEvent::ConsentExpired);
             self.set_state(IceState::Disconnected);
-        } else {
-            self.tuples.retain(|e| !expired(e));
         }
     }
 
@@ -419,6 +430,7 @@ impl IceServer {
             return false;
         };
         self.tuples.remove(i);
+        self.emit(IceEvent::TupleRemoved(*tuple));
         if self.selected.as_ref() == Some(tuple) {
             self.selected = None;
             let freshest = self
@@ -812,6 +824,7 @@ mod tests {
         assert_eq!(
             events(&mut ice),
             vec![
+                IceEvent::TupleRemoved(udp(1)),
                 IceEvent::ConsentExpired,
                 IceEvent::StateChanged(IceState::Disconnected)
             ]
@@ -857,7 +870,7 @@ mod tests {
             "earliest deadline is udp(2)'s"
         );
         ice.handle_timeout(t0 + TIMEOUT);
-        assert!(events(&mut ice).is_empty());
+        assert_eq!(events(&mut ice), vec![IceEvent::TupleRemoved(udp(2))]);
         assert!(!ice.is_valid_tuple(&udp(2)));
         assert!(ice.is_valid_tuple(&udp(1)));
         assert_eq!(ice.poll_timeout(), Some(t0 + Duration::from_secs(55)));
@@ -927,19 +940,25 @@ mod tests {
         assert!(ice.remove_tuple(&tcp(2)));
         assert_eq!(
             events(&mut ice),
-            vec![IceEvent::SelectedTupleChanged(udp(1))]
+            vec![
+                IceEvent::TupleRemoved(tcp(2)),
+                IceEvent::SelectedTupleChanged(udp(1))
+            ]
         );
         assert!(!ice.is_valid_tuple(&tcp(2)));
         assert!(!ice.remove_tuple(&tcp(2)));
-        // Removing an unselected tuple emits nothing.
+        // Removing an unselected tuple only reports its removal.
         send(&mut ice, t0, tcp(4), &check(UFRAG, PWD, false)).unwrap();
         events(&mut ice);
         assert!(ice.remove_tuple(&tcp(4)));
-        assert!(events(&mut ice).is_empty());
+        assert_eq!(events(&mut ice), vec![IceEvent::TupleRemoved(tcp(4))]);
         assert!(ice.remove_tuple(&udp(1)));
         assert_eq!(
             events(&mut ice),
-            vec![IceEvent::StateChanged(IceState::Disconnected)]
+            vec![
+                IceEvent::TupleRemoved(udp(1)),
+                IceEvent::StateChanged(IceState::Disconnected)
+            ]
         );
         assert_eq!(ice.selected_tuple(), None);
         assert_eq!(ice.poll_timeout(), None);

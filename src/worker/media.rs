@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use super::room::Room;
 use super::{Output, Transport, Worker};
 use crate::edge::demux::{classify, PacketClass};
-use crate::edge::ice::Tuple;
+use crate::edge::ice::{IceOutcome, Tuple};
 use crate::ids::{ConsumerId, PeerId, ProducerId, TransportId};
 use crate::router::keyframe::{self, VideoCodec, Vp8Rewriter};
 use crate::router::ortc;
@@ -706,25 +706,20 @@ fn handle_stun(w: &mut Worker, now: Instant, tuple: Tuple, data: &[u8]) {
         return;
     };
     let mut out = std::mem::take(&mut w.scratch);
-    match t.ice.handle_stun_bytes(now, tuple, data, &mut out) {
-        Ok(_) => {
-            if !out.is_empty() {
-                w.outputs.push_back(Output::Transmit {
-                    tuple,
-                    data: bytes::Bytes::copy_from_slice(&out),
-                });
-            }
-        }
+    let refused = match t.ice.handle_stun_bytes(now, tuple, data, &mut out) {
+        Ok(IceOutcome::Success) => false,
+        Ok(_) => true,
         Err(e) => {
-            tracing::trace!(transport = %id, error = %e, "STUN check refused");
-            w.counters.stun_dropped.fetch_add(1, Ordering::Relaxed);
-            if !out.is_empty() {
-                w.outputs.push_back(Output::Transmit {
-                    tuple,
-                    data: bytes::Bytes::copy_from_slice(&out),
-                });
-            }
+            tracing::trace!(transport = %id, error = %e, "STUN check dropped");
+            true
         }
+    };
+    if refused {
+        w.counters.stun_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+    // Error responses (401, 487, ...) are sent too: libwebrtc learns from them.
+    if !out.is_empty() {
+        w.outputs.push_back(Output::Transmit { tuple, data: bytes::Bytes::copy_from_slice(&out) });
     }
     out.clear();
     w.scratch = out;

@@ -111,7 +111,7 @@ macro_rules! counters {
 }
 
 counters! {
-    stun_dropped: "STUN packets dropped (malformed, unknown username, failed integrity).",
+    stun_dropped: "STUN packets dropped or refused (malformed, unknown username, failed integrity, role conflict).",
     unknown_tuple_dropped: "Non-STUN packets from a tuple no transport has selected.",
     unclassified_dropped: "Packets whose first byte matches no RFC 7983 class.",
     srtp_failures: "SRTP/SRTCP packets that failed authentication or decryption.",
@@ -311,6 +311,12 @@ impl Worker {
         let Some(t) = self.transports.remove(id) else {
             return;
         };
+        // Its TCP connections go with it.
+        for tuple in t.ice.tuples() {
+            if tuple.protocol == crate::edge::ice::Protocol::Tcp {
+                self.outputs.push_back(Output::CloseTcp { remote: tuple.remote });
+            }
+        }
         self.by_ufrag.retain(|_, v| v != id);
         self.by_tuple.retain(|_, v| v != id);
         self.outputs.push_back(Output::DtlsStop {
@@ -639,6 +645,12 @@ impl Worker {
                     IceEvent::TupleAdded(tuple) | IceEvent::SelectedTupleChanged(tuple) => {
                         self.by_tuple.insert(tuple, id.clone());
                     }
+                    IceEvent::TupleRemoved(tuple) => {
+                        self.by_tuple.remove(&tuple);
+                        if tuple.protocol == crate::edge::ice::Protocol::Tcp {
+                            self.outputs.push_back(Output::CloseTcp { remote: tuple.remote });
+                        }
+                    }
                     IceEvent::ConsentExpired => close = true,
                     _ => {}
                 }
@@ -646,15 +658,6 @@ impl Worker {
         }
         if close {
             tracing::info!(transport = %id, "ICE consent expired; closing transport");
-            if let Some(t) = self.transports.get(id) {
-                for tuple in t.ice.tuples() {
-                    if tuple.protocol == crate::edge::ice::Protocol::Tcp {
-                        self.outputs.push_back(Output::CloseTcp {
-                            remote: tuple.remote,
-                        });
-                    }
-                }
-            }
             self.close_transport(id);
         }
     }
@@ -681,3 +684,5 @@ impl Worker {
         self.next_deadline = self.earliest_timer();
     }
 }
+#[cfg(test)]
+mod tests;
