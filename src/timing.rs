@@ -19,3 +19,21 @@ pub const RTCP_REPORT_INTERVAL: Duration = Duration::from_millis(1000);
 pub const TWCC_FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
 /// How long a retransmission buffer keeps a packet for NACK answers.
 pub const RTX_BUFFER_MAX_AGE: Duration = Duration::from_millis(2000);
+
+// The bot (`pipemesh bot`, `crate::bot`): the client side of signaling, ICE and DTLS, and its
+// media pacing and statistics windows.
+
+/// How long a bot's signaling request may wait for its response.
+pub const BOT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Interval between a bot's ICE connectivity checks until the first success.
+pub const BOT_ICE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// Interval between a bot's consent-freshness checks once connected; well inside
+/// [`ICE_CONSENT_TIMEOUT`], after which the node expires consent.
+pub const BOT_ICE_CONSENT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a bot's DTLS handshake (as client) may take before the transport fails.
+pub const BOT_DTLS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How far a bot's media source may fall behind `now` before missed frames are skipped rather
+/// than sent.
+pub const BOT_MAX_CATCH_UP: Duration = Duration::from_millis(500);
+/// Width of one bitrate bucket of the bot's receive statistics.
+pub const BOT_RATE_BUCKET: Duration = Duration::from_millis(100);

@@ -15,7 +15,7 @@
 //! Drive rule: a source never reads the clock. Ask [`AudioSource::next_packet_time`] (or the
 //! video one) when to wake up, then call `poll(now, wall_us, ..)` until it returns `Ok(None)`.
 //! Virtual time starts at the `now` passed to `new`; if the caller falls behind by more than
-//! [`MAX_CATCH_UP`], the missed frames are skipped (RTP timestamps still advance, as after a
+//! [`BOT_MAX_CATCH_UP`], the missed frames are skipped (RTP timestamps still advance, as after a
 //! sender stall) instead of being sent in one burst.
 //!
 //! This module owns packetisation only; it may not touch sockets, SRTP or the clock.
@@ -24,13 +24,17 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+use crate::router::seq::ONE_BYTE_PROFILE;
+use crate::timing::BOT_MAX_CATCH_UP;
+
+/// Size of a fixed RTP header without CSRCs (the router's constant, re-exported).
+pub use crate::router::seq::RTP_HEADER_LEN;
+
 /// Magic at the start of every [`Probe`].
 pub const PROBE_MAGIC: [u8; 4] = *b"PMSH";
 /// Size of an encoded [`Probe`]: magic (4), wall-clock microseconds (8, big endian), frame
 /// counter (4, big endian).
 pub const PROBE_LEN: usize = 16;
-/// Size of a fixed RTP header without CSRCs.
-pub const RTP_HEADER_LEN: usize = 12;
 /// RTP clock rate of Opus (RFC 7587 §4.1: always 48 kHz).
 pub const OPUS_CLOCK_RATE: u32 = 48_000;
 /// RTP clock rate of VP8 (RFC 7741 §6.1).
@@ -39,8 +43,6 @@ pub const VP8_CLOCK_RATE: u32 = 90_000;
 pub const OPUS_FRAME_DURATION: Duration = Duration::from_millis(20);
 /// RTP timestamp increment of one 20 ms Opus packet.
 pub const OPUS_FRAME_TICKS: u32 = 960;
-/// How far a source may fall behind `now` before missed frames are skipped rather than sent.
-pub const MAX_CATCH_UP: Duration = Duration::from_millis(500);
 
 /// Opus TOC configuration 31: CELT-only, fullband, 20 ms frames (RFC 6716 Table 2).
 const OPUS_CONFIG_CELT_FB_20MS: u8 = 31;
@@ -54,8 +56,6 @@ const VP8_KEY_HEADER_LEN: usize = 10;
 const VP8_START_CODE: [u8; 3] = [0x9d, 0x01, 0x2a];
 /// Keyframes are this many times the average frame size, roughly what libvpx produces.
 const KEYFRAME_SIZE_FACTOR: usize = 4;
-/// RFC 8285 one-byte header extension profile.
-const ONE_BYTE_PROFILE: [u8; 2] = [0xBE, 0xDE];
 
 /// Errors of source configuration and packet writing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -395,7 +395,7 @@ impl RtpWriter {
             return RTP_HEADER_LEN;
         }
         let end = RTP_HEADER_LEN + self.ext_len;
-        buf[12..14].copy_from_slice(&ONE_BYTE_PROFILE);
+        buf[12..14].copy_from_slice(&ONE_BYTE_PROFILE.to_be_bytes());
         // ext_len is at most 4 + 28 bytes, so the word count fits easily.
         let words = ((self.ext_len - 4) / 4) as u16;
         buf[14..16].copy_from_slice(&words.to_be_bytes());
@@ -563,10 +563,10 @@ fn frame_offset(index: u64, fps: u32) -> Duration {
     Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
-/// Moves `index` forward so that frame `index` is at most [`MAX_CATCH_UP`] behind `now`.
+/// Moves `index` forward so that frame `index` is at most [`BOT_MAX_CATCH_UP`] behind `now`.
 fn skip_to(index: u64, start: Instant, now: Instant, fps: u32) -> u64 {
     let elapsed = now.saturating_duration_since(start);
-    let Some(oldest) = elapsed.checked_sub(MAX_CATCH_UP) else {
+    let Some(oldest) = elapsed.checked_sub(BOT_MAX_CATCH_UP) else {
         return index;
     };
     let first_allowed = (oldest.as_nanos() * u128::from(fps)).div_ceil(1_000_000_000) as u64;

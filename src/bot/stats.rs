@@ -1,8 +1,8 @@
 //! Receive statistics of the bot: one [`RecvStats`] per received SSRC computes packets,
 //! expected and lost (RFC 3550 A.3 extended sequence numbers), interarrival jitter
 //! (RFC 3550 A.8), one-way latency from the probes written by [`super::media`], bitrate,
-//! keyframes (VP8) and completed frames (marker bits). [`RtpView`] is a borrowed, allocation-free
-//! RTP parser to feed it.
+//! keyframes (VP8) and completed frames (marker bits). Packets arrive parsed by the crate's one
+//! RTP parser, [`crate::router::seq::RtpView`].
 //!
 //! The caller routes packets by SSRC, decrypts them, and passes `now` plus its wall clock in
 //! microseconds since the UNIX epoch; nothing here reads a clock. One-way latency is the
@@ -17,143 +17,13 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use super::media::{parse_vp8, read_probe, OPUS_CLOCK_RATE, VP8_CLOCK_RATE};
+use crate::router::seq::RtpView;
+use crate::timing::BOT_RATE_BUCKET;
 
 /// Number of most recent one-way latency samples kept per stream.
 pub const OWD_WINDOW: usize = 1024;
-/// Width of one bitrate bucket.
-pub const RATE_BUCKET: Duration = Duration::from_millis(100);
-/// Number of bitrate buckets: the "recent" bitrate covers `RATE_BUCKET * RATE_BUCKETS` (2 s).
+/// Number of bitrate buckets: the "recent" bitrate covers `BOT_RATE_BUCKET * RATE_BUCKETS` (2 s).
 pub const RATE_BUCKETS: usize = 20;
-
-/// Errors of [`RtpView::parse`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum RtpParseError {
-    /// The packet is shorter than its fixed header plus CSRC list; holds the packet length.
-    #[error("RTP packet of {0} bytes is truncated")]
-    TooShort(usize),
-    /// The version field is not 2.
-    #[error("RTP version {0}, expected 2")]
-    BadVersion(u8),
-    /// The header extension runs past the end of the packet.
-    #[error("RTP header extension truncated")]
-    TruncatedExtension,
-    /// The padding count (last byte) is zero or exceeds the payload.
-    #[error("RTP padding of {0} bytes is invalid")]
-    BadPadding(u8),
-}
-
-/// A parsed view of one RTP packet, borrowing the caller's buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RtpView<'a> {
-    /// Marker bit.
-    pub marker: bool,
-    /// Payload type.
-    pub payload_type: u8,
-    /// Sequence number.
-    pub seq: u16,
-    /// RTP timestamp.
-    pub timestamp: u32,
-    /// Synchronisation source.
-    pub ssrc: u32,
-    /// Header extension profile (0xBEDE one-byte, 0x100x two-byte), 0 when absent.
-    pub ext_profile: u16,
-    /// Header extension body (after the profile and length words).
-    pub ext_body: &'a [u8],
-    /// Payload without padding.
-    pub payload: &'a [u8],
-    /// Whole packet length in bytes, counted for bitrate.
-    pub packet_len: usize,
-}
-
-impl<'a> RtpView<'a> {
-    /// Parses `buf` as an RTP packet (RFC 3550 §5.1). Never panics.
-    pub fn parse(buf: &'a [u8]) -> Result<Self, RtpParseError> {
-        let short = RtpParseError::TooShort(buf.len());
-        let fixed = buf.get(..12).ok_or(short.clone())?;
-        let version = fixed[0] >> 6;
-        if version != 2 {
-            return Err(RtpParseError::BadVersion(version));
-        }
-        let has_padding = fixed[0] & 0x20 != 0;
-        let has_ext = fixed[0] & 0x10 != 0;
-        let csrc_count = usize::from(fixed[0] & 0x0f);
-        let mut i = 12 + 4 * csrc_count;
-        if buf.len() < i {
-            return Err(short);
-        }
-        let mut ext_profile = 0;
-        let mut ext_body: &[u8] = &[];
-        if has_ext {
-            let h = buf.get(i..i + 4).ok_or(RtpParseError::TruncatedExtension)?;
-            ext_profile = u16::from_be_bytes([h[0], h[1]]);
-            let words = usize::from(u16::from_be_bytes([h[2], h[3]]));
-            ext_body = buf
-                .get(i + 4..i + 4 + 4 * words)
-                .ok_or(RtpParseError::TruncatedExtension)?;
-            i += 4 + 4 * words;
-        }
-        let mut payload = buf.get(i..).unwrap_or_default();
-        if has_padding {
-            let pad = *payload.last().ok_or(RtpParseError::BadPadding(0))?;
-            if pad == 0 || usize::from(pad) > payload.len() {
-                return Err(RtpParseError::BadPadding(pad));
-            }
-            payload = payload
-                .get(..payload.len() - usize::from(pad))
-                .unwrap_or_default();
-        }
-        Ok(Self {
-            marker: fixed[1] & 0x80 != 0,
-            payload_type: fixed[1] & 0x7f,
-            seq: u16::from_be_bytes([fixed[2], fixed[3]]),
-            timestamp: u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]),
-            ssrc: u32::from_be_bytes([fixed[8], fixed[9], fixed[10], fixed[11]]),
-            ext_profile,
-            ext_body,
-            payload,
-            packet_len: buf.len(),
-        })
-    }
-
-    /// The data of header extension `id` (RFC 8285 one- or two-byte form), if present.
-    pub fn extension(&self, id: u8) -> Option<&'a [u8]> {
-        let body = self.ext_body;
-        let mut i = 0;
-        if self.ext_profile == 0xBEDE {
-            while let Some(&b) = body.get(i) {
-                if b == 0 {
-                    i += 1; // padding
-                    continue;
-                }
-                let eid = b >> 4;
-                if eid == 15 {
-                    return None; // reserved: stop parsing (RFC 8285 §4.2)
-                }
-                let len = usize::from(b & 0x0f) + 1;
-                let data = body.get(i + 1..i + 1 + len)?;
-                if eid == id {
-                    return Some(data);
-                }
-                i += 1 + len;
-            }
-        } else if self.ext_profile & 0xfff0 == 0x1000 {
-            while let Some(&eid) = body.get(i) {
-                if eid == 0 {
-                    i += 1;
-                    continue;
-                }
-                let len = usize::from(*body.get(i + 1)?);
-                let data = body.get(i + 2..i + 2 + len)?;
-                if eid == id {
-                    return Some(data);
-                }
-                i += 2 + len;
-            }
-        }
-        None
-    }
-}
 
 /// What a received stream carries; decides which payload format is inspected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,23 +126,23 @@ impl RecvStats {
     }
 
     /// Accounts one received packet. `now` is its arrival time, `wall_us` the receiver's wall
-    /// clock in microseconds since the UNIX epoch. The caller has checked `pkt.ssrc`.
-    pub fn on_packet(&mut self, now: Instant, wall_us: u64, pkt: &RtpView<'_>) {
+    /// clock in microseconds since the UNIX epoch. The caller has checked `pkt.ssrc()`.
+    pub fn on_packet(&mut self, now: Instant, wall_us: u64, pkt: &RtpView<impl AsRef<[u8]>>) {
         let first = *self.first_arrival.get_or_insert(now);
         self.last_arrival = Some(now);
         self.received += 1;
-        self.bytes += pkt.packet_len as u64;
-        self.track_seq(pkt.seq);
-        self.track_jitter(now.saturating_duration_since(first), pkt.timestamp);
+        self.bytes += pkt.len() as u64;
+        self.track_seq(pkt.sequence_number());
+        self.track_jitter(now.saturating_duration_since(first), pkt.timestamp());
 
         let idx = bucket_index(now.saturating_duration_since(first));
         let slot = &mut self.rate[(idx % RATE_BUCKETS as u64) as usize];
         if slot.0 != idx {
             *slot = (idx, 0);
         }
-        slot.1 += pkt.packet_len as u64;
+        slot.1 += pkt.len() as u64;
 
-        if let Some(probe) = read_probe(pkt.payload) {
+        if let Some(probe) = read_probe(pkt.payload()) {
             let owd = i128::from(wall_us) - i128::from(probe.wall_us);
             self.owd[self.owd_next] = owd.clamp(i64::MIN.into(), i64::MAX.into()) as i64;
             self.owd_next = (self.owd_next + 1) % OWD_WINDOW;
@@ -280,12 +150,12 @@ impl RecvStats {
             self.probes += 1;
         }
         if self.codec == Codec::Vp8 {
-            let key = parse_vp8(pkt.payload)
+            let key = parse_vp8(pkt.payload())
                 .and_then(|v| v.frame_header)
                 .is_some_and(|h| h.keyframe);
             self.keyframes += u64::from(key);
         }
-        if self.codec.is_video() && pkt.marker {
+        if self.codec.is_video() && pkt.marker() {
             self.frames += 1;
         }
     }
@@ -366,7 +236,7 @@ impl RecvStats {
             .filter(|(i, _)| (lo..=cur).contains(i))
             .map(|(_, b)| b)
             .sum();
-        let window_start = RATE_BUCKET * u32::try_from(lo).unwrap_or(u32::MAX);
+        let window_start = BOT_RATE_BUCKET * u32::try_from(lo).unwrap_or(u32::MAX);
         kbps(bytes, elapsed.saturating_sub(window_start))
     }
 
@@ -377,7 +247,7 @@ impl RecvStats {
 }
 
 fn bucket_index(since_first: Duration) -> u64 {
-    (since_first.as_nanos() / RATE_BUCKET.as_nanos()) as u64
+    (since_first.as_nanos() / BOT_RATE_BUCKET.as_nanos()) as u64
 }
 
 fn kbps(bytes: u64, over: Duration) -> f64 {
@@ -450,7 +320,7 @@ pub struct StatsSnapshot {
     pub probes: u64,
     /// RTP bytes received (headers included).
     pub bytes: u64,
-    /// Bitrate over the last `RATE_BUCKET * RATE_BUCKETS`, kbit/s.
+    /// Bitrate over the last `BOT_RATE_BUCKET * RATE_BUCKETS`, kbit/s.
     pub kbps: f64,
     /// Bitrate since the first packet, kbit/s.
     pub avg_kbps: f64,
@@ -596,6 +466,7 @@ mod tests {
     use crate::bot::media::{
         AudioConfig, AudioSource, HeaderExtensions, TransportSeq, VideoConfig, VideoSource,
     };
+    use crate::router::seq::RtpError;
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
     /// A bare RTP packet with a non-probe payload.
@@ -697,7 +568,7 @@ mod tests {
             let p = RtpView::parse(&buf[..n]).unwrap();
             assert_eq!(p.extension(1), Some(&b"0"[..]));
             assert_eq!(p.extension(5), Some(&(i as u16).to_be_bytes()[..]));
-            assert_eq!(p.marker, i == 0);
+            assert_eq!(p.marker(), i == 0);
             // Delays 1..=100 ms; the latency does not change arrival pacing here.
             let delay = (i * 37 % 100 + 1) * 1000;
             stats.on_packet(t, wall + delay, &p);
@@ -733,8 +604,8 @@ mod tests {
                 sent += 1;
                 // Drop one packet in 50 (never a frame's first, to keep keyframe counts exact).
                 let p = RtpView::parse(&buf[..n]).unwrap();
-                if sent % 50 == 0 && parse_vp8(p.payload).unwrap().frame_header.is_none() {
-                    dropped_markers += u64::from(p.marker);
+                if sent % 50 == 0 && parse_vp8(p.payload()).unwrap().frame_header.is_none() {
+                    dropped_markers += u64::from(p.marker());
                     continue;
                 }
                 stats.on_packet(t + Duration::from_millis(2), wall + 2_000, &p);
@@ -780,32 +651,50 @@ mod tests {
         assert_eq!((owd.min, owd.max), (3000 - OWD_WINDOW as i64, 2999));
     }
 
+    /// The bot reads every received packet through the shared parser: a packet combining a
+    /// CSRC, a two-byte extension block and padding is read as the statistics expect, its
+    /// truncations are refused, and arbitrary bytes never panic the parser or the statistics.
     #[test]
-    fn rtp_view_parses_csrc_extensions_padding_and_rejects_garbage() {
+    fn shared_rtp_view_feeds_stats_and_garbage_never_panics() {
         // CSRC count 1, extension (two-byte profile), padding 3.
         let mut b = vec![0xb1, 0x60, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 9, 9, 9, 9];
         b.extend_from_slice(&[0x10, 0x00, 0, 1, 7, 2, 0xaa, 0xbb]);
         b.extend_from_slice(&[1, 2, 3, 0, 0, 3]);
-        let p = RtpView::parse(&b).unwrap();
+        let p = RtpView::parse(&b[..]).unwrap();
         assert_eq!(
-            (p.seq, p.timestamp, p.ssrc, p.payload_type),
+            (
+                p.sequence_number(),
+                p.timestamp(),
+                p.ssrc(),
+                p.payload_type()
+            ),
             (1, 2, 3, 0x60)
         );
-        assert_eq!(p.payload, &[1, 2, 3]);
+        assert_eq!(p.payload(), &[1, 2, 3]);
+        assert_eq!(p.len(), b.len());
         assert_eq!(p.extension(7), Some(&[0xaa, 0xbb][..]));
         assert_eq!(p.extension(8), None);
-        assert_eq!(RtpView::parse(&b[..11]), Err(RtpParseError::TooShort(11)));
-        assert_eq!(RtpView::parse(&b[..14]), Err(RtpParseError::TooShort(14)));
         assert_eq!(
-            RtpView::parse(&b[..18]),
-            Err(RtpParseError::TruncatedExtension)
+            RtpView::parse(&b[..11]).unwrap_err(),
+            RtpError::TooShort(11)
+        );
+        assert_eq!(
+            RtpView::parse(&b[..14]).unwrap_err(),
+            RtpError::CsrcOverflow
+        );
+        assert_eq!(
+            RtpView::parse(&b[..18]).unwrap_err(),
+            RtpError::ExtensionOverflow
         );
         let mut bad = b.clone();
         *bad.last_mut().unwrap() = 0;
-        assert_eq!(RtpView::parse(&bad), Err(RtpParseError::BadPadding(0)));
+        assert_eq!(RtpView::parse(&bad[..]).unwrap_err(), RtpError::BadPadding);
         bad[0] = 0x40;
-        assert_eq!(RtpView::parse(&bad), Err(RtpParseError::BadVersion(1)));
-        // Random bytes never panic, nor do extension lookups.
+        assert_eq!(
+            RtpView::parse(&bad[..]).unwrap_err(),
+            RtpError::BadVersion(1)
+        );
+        // Random bytes never panic, nor do extension lookups or the statistics.
         let mut rng = StdRng::seed_from_u64(11);
         let mut stats = RecvStats::new(1, Codec::Vp8, 90_000);
         for _ in 0..20_000 {
@@ -814,7 +703,7 @@ mod tests {
             if let Some(b0) = v.first_mut() {
                 *b0 = (*b0 & 0x3f) | 0x80;
             }
-            if let Ok(p) = RtpView::parse(&v) {
+            if let Ok(p) = RtpView::parse(&v[..]) {
                 for id in 0..16 {
                     let _ = p.extension(id);
                 }
