@@ -547,6 +547,15 @@ impl Consumer {
         send_keyframe_requests(producer, reqs, outputs, transports);
     }
 
+    /// The encoding a keyframe request should target: the one forwarded (or being switched
+    /// to) for a simulcast consumer, every encoding (`None`) otherwise.
+    pub fn forwarded_encoding(&self) -> Option<usize> {
+        let s = self.selector.as_ref()?;
+        s.current_layers()
+            .or(s.target_layers())
+            .map(|(s, _)| s as usize)
+    }
+
     /// Encoding currently forwarded (simulcast), or 0.
     fn current_encoding(&self) -> Option<usize> {
         match &self.selector {
@@ -595,7 +604,7 @@ pub fn transport_stats(t: &Transport) -> Value {
     }])
 }
 
-fn send_keyframe_requests(
+pub(super) fn send_keyframe_requests(
     producer: &Producer,
     reqs: Vec<(u32, KeyFrameRequestKind, u8)>,
     outputs: &mut Outputs,
@@ -719,7 +728,10 @@ fn handle_stun(w: &mut Worker, now: Instant, tuple: Tuple, data: &[u8]) {
     }
     // Error responses (401, 487, ...) are sent too: libwebrtc learns from them.
     if !out.is_empty() {
-        w.outputs.push_back(Output::Transmit { tuple, data: bytes::Bytes::copy_from_slice(&out) });
+        w.outputs.push_back(Output::Transmit {
+            tuple,
+            data: bytes::Bytes::copy_from_slice(&out),
+        });
     }
     out.clear();
     w.scratch = out;
@@ -1143,11 +1155,7 @@ fn handle_rtcp(w: &mut Worker, now: Instant, id: &TransportId, data: &[u8]) {
                 let Some(c) = cid.and_then(|cid| room.consumers.get(&cid)) else {
                     continue;
                 };
-                let enc = c
-                    .selector
-                    .as_ref()
-                    .and_then(|s| s.current_layers().or(s.target_layers()))
-                    .map(|(s, _)| s as usize);
+                let enc = c.forwarded_encoding();
                 let pid = c.producer.clone();
                 if let Some(p) = room.producers.get_mut(&pid) {
                     let reqs = p.request_keyframe(now, enc);

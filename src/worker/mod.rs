@@ -314,7 +314,9 @@ impl Worker {
         // Its TCP connections go with it.
         for tuple in t.ice.tuples() {
             if tuple.protocol == crate::edge::ice::Protocol::Tcp {
-                self.outputs.push_back(Output::CloseTcp { remote: tuple.remote });
+                self.outputs.push_back(Output::CloseTcp {
+                    remote: tuple.remote,
+                });
             }
         }
         self.by_ufrag.retain(|_, v| v != id);
@@ -648,7 +650,9 @@ impl Worker {
                     IceEvent::TupleRemoved(tuple) => {
                         self.by_tuple.remove(&tuple);
                         if tuple.protocol == crate::edge::ice::Protocol::Tcp {
-                            self.outputs.push_back(Output::CloseTcp { remote: tuple.remote });
+                            self.outputs.push_back(Output::CloseTcp {
+                                remote: tuple.remote,
+                            });
                         }
                     }
                     IceEvent::ConsentExpired => close = true,

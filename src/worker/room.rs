@@ -443,8 +443,10 @@ impl Room {
             R::RequestConsumerKeyFrame { consumer_id } => {
                 let c = self.own_consumer(peer_id, &consumer_id)?;
                 let pid = c.producer.clone();
+                let encoding = c.forwarded_encoding();
                 if let Some(p) = self.producers.get_mut(&pid) {
-                    p.request_keyframe(now, None);
+                    let reqs = p.request_keyframe(now, encoding);
+                    super::media::send_keyframe_requests(p, reqs, outputs, transports);
                 }
                 ok()
             }

@@ -19,13 +19,16 @@ use crate::router::seq::RtpView;
 use crate::signaling::protoo::ClientRequest;
 use crate::signaling::server::{SessionId, ToPeer};
 
-const CHROME_CAPS: &str = include_str!("../../tests/fixtures/chrome_rtp_capabilities.json");
-const OPUS: &str = include_str!("../../tests/fixtures/chrome_producer_opus.json");
-const VP8_SIMULCAST: &str = include_str!("../../tests/fixtures/chrome_producer_vp8_simulcast.json");
+const CHROME_CAPS: &str = include_str!("../../../tests/fixtures/chrome_rtp_capabilities.json");
+const OPUS: &str = include_str!("../../../tests/fixtures/chrome_producer_opus.json");
+const VP8_SIMULCAST: &str =
+    include_str!("../../../tests/fixtures/chrome_producer_vp8_simulcast.json");
 /// SSRC of the Opus fixture's single encoding.
 const OPUS_SSRC: u32 = 2_731_590_123;
 /// Payload type of the Opus fixture.
 const OPUS_PT: u8 = 111;
+
+mod feedback;
 
 const CONSENT: Duration = Duration::from_secs(5);
 const ROOM: &str = "room";
