@@ -28,6 +28,7 @@ pub mod config;
 pub mod edge;
 pub mod ids;
 pub mod node;
+pub mod pipe;
 pub mod router;
 pub mod signaling;
 pub mod timing;

@@ -1,0 +1,12 @@
+//! Pipes: links between nodes over QUIC (`quinn`) that carry piped producers from the node
+//! that has them to the nodes whose peers consume them.
+//!
+//! Sans-IO cores: [`wire`] (the datagram header and the versioned MessagePack control protocol),
+//! [`link`] (link and subscription state: reconnect with jittered backoff, grace periods).
+//! Glue: [`tls`] (mutual TLS with a cluster CA, node identity checks), [`certs`] (the
+//! `pipemesh certs` command).
+
+pub mod certs;
+pub mod link;
+pub mod tls;
+pub mod wire;
