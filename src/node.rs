@@ -144,6 +144,11 @@ pub async fn start(
         rand::random(),
     );
 
+    let mut worker = worker;
+    worker.set_ntp_origin(
+        Instant::now(),
+        ntp_from_system_time(std::time::SystemTime::now()),
+    );
     let worker_counters = worker.counters();
     let (stop, _) = broadcast::channel::<()>(1);
     let (cmd_tx, cmd_rx) = mpsc::channel(WORKER_QUEUE);
@@ -412,4 +417,13 @@ async fn tcp_conn(
     }
     writer.abort();
     let _ = events.send(Event::TcpClosed(remote)).await;
+}
+
+/// NTP time (RFC 3550: seconds since 1900 in the high 32 bits) of a wall-clock instant.
+fn ntp_from_system_time(t: std::time::SystemTime) -> u64 {
+    /// Seconds from 1900-01-01 (NTP epoch) to 1970-01-01 (Unix epoch).
+    const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
+    let unix = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let frac = (u64::from(unix.subsec_nanos()) << 32) / 1_000_000_000;
+    ((unix.as_secs() + NTP_UNIX_OFFSET) << 32) | frac
 }

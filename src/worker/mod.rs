@@ -149,6 +149,9 @@ pub struct Worker {
     outputs: VecDeque<Output>,
     counters: Arc<WorkerCounters>,
     scratch: Vec<u8>,
+    /// Instant and NTP time (RFC 3550 format) of one moment, given by the glue; when absent
+    /// the NTP timeline starts at 0 on first use (consistent, which is all reports need).
+    ntp_origin: Option<(Instant, u64)>,
     /// Earliest timer as of the last [`Worker::handle_timeout`], and when that ran.
     next_deadline: Option<Instant>,
     last_timeout: Option<Instant>,
@@ -177,9 +180,20 @@ impl Worker {
             outputs: VecDeque::new(),
             counters: Arc::new(WorkerCounters::default()),
             scratch: Vec::with_capacity(1500),
+            ntp_origin: None,
             next_deadline: None,
             last_timeout: None,
         }
+    }
+
+    /// Anchors the NTP timeline of RTCP sender reports to the wall clock: `ntp` is the NTP time
+    /// (seconds since 1900 in the high 32 bits, fraction in the low 32) at `at`.
+    pub fn set_ntp_origin(&mut self, at: Instant, ntp: u64) {
+        self.ntp_origin = Some((at, ntp));
+    }
+
+    fn ntp_origin(&mut self, now: Instant) -> (Instant, u64) {
+        *self.ntp_origin.get_or_insert((now, 0))
     }
 
     /// Shared counters (for the admin endpoint).
@@ -668,6 +682,7 @@ impl Worker {
 
     /// Runs due timers: ICE consent, RTCP reports, NACK retries, feedback.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let ntp_origin = self.ntp_origin(now);
         let ids: Vec<TransportId> = self
             .transports
             .iter()
@@ -682,7 +697,7 @@ impl Worker {
             self.after_ice(now, &id);
         }
         for room in self.rooms.values_mut() {
-            room.handle_timeout(now, &mut self.outputs, &mut self.transports);
+            room.handle_timeout(now, ntp_origin, &mut self.outputs, &mut self.transports);
         }
         self.last_timeout = Some(now);
         self.next_deadline = self.earliest_timer();

@@ -551,9 +551,10 @@ impl Room {
     pub fn handle_timeout(
         &mut self,
         now: Instant,
+        ntp_origin: (Instant, u64),
         outputs: &mut Outputs,
         transports: &mut Transports,
     ) {
-        super::media::room_timeout(self, now, outputs, transports);
+        super::media::room_timeout(self, now, ntp_origin, outputs, transports);
     }
 }

@@ -1,0 +1,191 @@
+//! Periodic media work: receiver and sender reports, NACK retries, held keyframe requests,
+//! simulcast layer timers, score notifications.
+
+use super::*;
+
+/// Periodic media work of one room.
+pub fn room_timeout(
+    room: &mut Room,
+    now: Instant,
+    ntp_origin: (Instant, u64),
+    outputs: &mut Outputs,
+    transports: &mut Transports,
+) {
+    let mut buf: Vec<u8> = Vec::with_capacity(256);
+    let mut seqs: Vec<u16> = Vec::new();
+    let mut reported = false;
+    for p in room.producers.values_mut() {
+        buf.clear();
+        // NACKs for missing packets.
+        for s in p.streams.iter_mut() {
+            let Some(ssrc) = s.ssrc else { continue };
+            s.nack.poll_nacks(now, None, &mut seqs);
+            // Bounded so one compound packet stays well under the MTU.
+            for chunk in seqs.chunks(64) {
+                rtcp_core::write_nack(&mut buf, RTCP_SENDER_SSRC, ssrc, chunk);
+            }
+        }
+        // Held keyframe requests whose throttle window ended.
+        while let Some(r) = p.keyframes.poll_request(now) {
+            match r.kind {
+                KeyFrameRequestKind::Pli => {
+                    rtcp_core::write_pli(&mut buf, RTCP_SENDER_SSRC, r.media_ssrc)
+                }
+                KeyFrameRequestKind::Fir => {
+                    rtcp_core::write_fir(&mut buf, RTCP_SENDER_SSRC, r.media_ssrc, r.fir_seq)
+                }
+            }
+        }
+        if now >= p.next_report {
+            p.next_report = now + RTCP_REPORT_INTERVAL;
+            reported = true;
+            let mut blocks = Vec::new();
+            for s in p.streams.iter_mut() {
+                if let Some(ssrc) = s.ssrc {
+                    if let Some(b) = s.stats.report_block(now, ssrc) {
+                        blocks.push(b);
+                    }
+                }
+            }
+            let mut rr = Vec::with_capacity(128);
+            rtcp_core::write_receiver_reports(&mut rr, RTCP_SENDER_SSRC, &blocks);
+            rr.extend_from_slice(&buf);
+            buf = rr;
+        }
+        if !buf.is_empty() {
+            // A compound packet must begin with a report (RFC 3550 6.1); reduced-size RTCP
+            // (RFC 5506, negotiated by WebRTC) allows feedback alone.
+            send_rtcp(transports, &p.transport, &buf, outputs);
+        }
+    }
+    // Scores move with RTCP reports: evaluate them on the same cadence.
+    if reported {
+        notify_scores(room, now, outputs);
+    }
+    simulcast_timeouts(room, now, outputs, transports);
+    for c in room.consumers.values_mut() {
+        if now < c.next_report {
+            continue;
+        }
+        c.next_report =
+            now + RTCP_REPORT_INTERVAL + Duration::from_millis(rand::rng().random_range(0..100));
+        if c.send.packets_sent() == 0 {
+            continue;
+        }
+        buf.clear();
+        if let Some(sr) = c.send.sender_report(now, ntp_now(ntp_origin, now), c.ssrc) {
+            let _ = rtcp_core::write_sender_report(&mut buf, &sr, &[]);
+            send_rtcp(transports, &c.transport, &buf, outputs);
+        }
+    }
+}
+
+/// Runs simulcast selectors' timers (layer inactivity, keyframe request retries).
+fn simulcast_timeouts(
+    room: &mut Room,
+    now: Instant,
+    outputs: &mut Outputs,
+    transports: &mut Transports,
+) {
+    let Room {
+        producers,
+        consumers,
+        peers,
+        ..
+    } = room;
+    for c in consumers.values_mut() {
+        let Some(sel) = c.selector.as_mut() else {
+            continue;
+        };
+        if sel.poll_timeout().is_none_or(|t| t > now) {
+            continue;
+        }
+        sel.handle_timeout(now);
+        while let Some(ev) = sel.poll_event() {
+            match ev {
+                SimulcastEvent::RequestKeyFrame { spatial } => {
+                    if let Some(p) = producers.get_mut(&c.producer) {
+                        let reqs = p.request_keyframe(now, Some(spatial as usize));
+                        send_keyframe_requests(p, reqs, outputs, transports);
+                    }
+                }
+                SimulcastEvent::LayersChanged { spatial, temporal } => {
+                    if let Some(peer) = peers.get(&c.peer) {
+                        outputs.push_back(Output::ToPeer {
+                            session: peer.session,
+                            msg: ToPeer::Notify {
+                                method: "consumerLayersChanged",
+                                data: json!({"consumerId": c.id, "spatialLayer": spatial, "temporalLayer": temporal}),
+                            },
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends `producerScore` and `consumerScore` when scores changed since the last report.
+fn notify_scores(room: &mut Room, now: Instant, outputs: &mut Outputs) {
+    let Room {
+        producers,
+        consumers,
+        peers,
+        ..
+    } = room;
+    for p in producers.values_mut() {
+        let scores = p.scores(now);
+        let changed = scores != p.last_scores;
+        if changed {
+            if let Some(peer) = peers.get(&p.peer) {
+                outputs.push_back(Output::ToPeer {
+                    session: peer.session,
+                    msg: ToPeer::Notify {
+                        method: "producerScore",
+                        data: json!({"producerId": p.id, "score": p.scores_json(&scores)}),
+                    },
+                });
+            }
+        }
+        let producer_score = match p.consumers.first().and_then(|c| consumers.get(c)) {
+            Some(c) if c.simulcast => c
+                .current_encoding()
+                .and_then(|e| scores.get(e))
+                .copied()
+                .unwrap_or(0),
+            _ => scores.iter().copied().max().unwrap_or(0),
+        };
+        for cid in &p.consumers {
+            let Some(c) = consumers.get_mut(cid) else {
+                continue;
+            };
+            let own = if c.send.packets_sent() > 0 {
+                c.send.score()
+            } else {
+                0
+            };
+            let pscore = if c.simulcast {
+                c.current_encoding()
+                    .and_then(|e| scores.get(e))
+                    .copied()
+                    .unwrap_or(producer_score)
+            } else {
+                producer_score
+            };
+            if c.last_score == Some((own, pscore)) && !changed {
+                continue;
+            }
+            c.last_score = Some((own, pscore));
+            if let Some(peer) = peers.get(&c.peer) {
+                outputs.push_back(Output::ToPeer {
+                    session: peer.session,
+                    msg: ToPeer::Notify {
+                        method: "consumerScore",
+                        data: json!({"consumerId": c.id, "score": {"score": own, "producerScore": pscore, "producerScores": scores}}),
+                    },
+                });
+            }
+        }
+        p.last_scores = scores;
+    }
+}
