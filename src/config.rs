@@ -13,7 +13,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// The `--config` file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         /// The file named by `--config`.
         path: PathBuf,
@@ -21,7 +21,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The `--config` file is not valid TOML for our settings.
-    #[error("invalid config file {path}: {source}")]
+    #[error("invalid config file {path}")]
     Parse {
         /// The file named by `--config`.
         path: PathBuf,
@@ -67,6 +67,62 @@ pub struct Config {
     pub max_signaling_connections: usize,
     /// Initial outgoing bitrate estimate for consumers, bits per second.
     pub initial_available_outgoing_bitrate: u32,
+    /// Cluster name: pipes refuse nodes of another cluster (and etcd keys are prefixed by it).
+    pub cluster: String,
+    /// QUIC listener for pipes from other nodes. Unset: no pipes (a single node).
+    pub pipe_listen: Option<SocketAddr>,
+    /// Other nodes, as `NODE_ID=HOST:PORT` (their pipe listeners), until discovery exists.
+    pub static_peers: Vec<String>,
+    /// PEM file of the cluster CA that signs every node certificate (`pipemesh certs`).
+    pub cluster_ca: Option<PathBuf>,
+    /// PEM file of this node's certificate (issued for its node id by the cluster CA).
+    pub node_cert: Option<PathBuf>,
+    /// PEM file of this node's private key.
+    pub node_key: Option<PathBuf>,
+    /// Pipes without certificate checks (self-signed, any peer accepted): local experiments only.
+    pub insecure_pipes: bool,
+}
+
+/// A static peer: another node and the address of its pipe listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticPeer {
+    /// The node id it must present.
+    pub node_id: String,
+    /// `HOST:PORT` of its pipe listener (resolved when dialing).
+    pub address: String,
+}
+
+impl std::str::FromStr for StaticPeer {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (id, addr) = s
+            .split_once('=')
+            .ok_or_else(|| format!("static peer {s:?} is not NODE_ID=HOST:PORT"))?;
+        if !valid_node_id(id) {
+            return Err(format!("static peer {s:?}: invalid node id {id:?}"));
+        }
+        let (host, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| format!("static peer {s:?}: address {addr:?} has no :PORT"))?;
+        if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!(
+                "static peer {s:?}: address {addr:?} is not HOST:PORT"
+            ));
+        }
+        Ok(StaticPeer {
+            node_id: id.to_owned(),
+            address: addr.to_owned(),
+        })
+    }
+}
+
+/// Node ids: 1-64 ASCII letters, digits, '-', '_', '.'.
+pub fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
 impl Default for Config {
@@ -84,6 +140,13 @@ impl Default for Config {
             max_peers_per_room: 500,
             max_signaling_connections: 10_000,
             initial_available_outgoing_bitrate: 600_000,
+            cluster: "pipemesh".into(),
+            pipe_listen: None,
+            static_peers: Vec::new(),
+            cluster_ca: None,
+            node_cert: None,
+            node_key: None,
+            insecure_pipes: false,
         }
     }
 }
@@ -127,6 +190,32 @@ pub struct ServeArgs {
     /// Maximum concurrent signaling connections [default: 10000]
     #[arg(long, env = "PIPEMESH_MAX_SIGNALING_CONNECTIONS")]
     pub max_signaling_connections: Option<usize>,
+    /// Cluster name [default: pipemesh]
+    #[arg(long, env = "PIPEMESH_CLUSTER")]
+    pub cluster: Option<String>,
+    /// QUIC listener for pipes from other nodes [default: none]
+    #[arg(long, env = "PIPEMESH_PIPE_LISTEN", value_name = "IP:PORT")]
+    pub pipe_listen: Option<SocketAddr>,
+    /// Another node's pipe listener; repeatable (environment: comma-separated)
+    #[arg(
+        long = "static-peer",
+        env = "PIPEMESH_STATIC_PEERS",
+        value_name = "NODE_ID=HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub static_peers: Vec<String>,
+    /// Cluster CA certificate (PEM) for pipes
+    #[arg(long, env = "PIPEMESH_CLUSTER_CA", value_name = "FILE")]
+    pub cluster_ca: Option<PathBuf>,
+    /// This node's certificate (PEM) for pipes
+    #[arg(long, env = "PIPEMESH_NODE_CERT", value_name = "FILE")]
+    pub node_cert: Option<PathBuf>,
+    /// This node's private key (PEM) for pipes
+    #[arg(long, env = "PIPEMESH_NODE_KEY", value_name = "FILE")]
+    pub node_key: Option<PathBuf>,
+    /// Pipes without certificate checks (local experiments only)
+    #[arg(long, env = "PIPEMESH_INSECURE_PIPES")]
+    pub insecure_pipes: bool,
 }
 
 impl Config {
@@ -193,20 +282,36 @@ impl Config {
         if let Some(v) = a.max_signaling_connections {
             self.max_signaling_connections = v;
         }
+        if let Some(v) = &a.cluster {
+            self.cluster = v.clone();
+        }
+        if let Some(v) = a.pipe_listen {
+            self.pipe_listen = Some(v);
+        }
+        if !a.static_peers.is_empty() {
+            self.static_peers = a.static_peers.clone();
+        }
+        if let Some(v) = &a.cluster_ca {
+            self.cluster_ca = Some(v.clone());
+        }
+        if let Some(v) = &a.node_cert {
+            self.node_cert = Some(v.clone());
+        }
+        if let Some(v) = &a.node_key {
+            self.node_key = Some(v.clone());
+        }
+        if a.insecure_pipes {
+            self.insecure_pipes = true;
+        }
     }
 
     /// Refuses values that cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.node_id.is_empty()
-            || !self
-                .node_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        {
+        if !valid_node_id(&self.node_id) {
             return Err(ConfigError::Invalid {
                 name: "node_id",
                 reason: format!(
-                    "{:?} must be non-empty and use only ASCII letters, digits, '-', '_', '.'",
+                    "{:?} must be 1-64 ASCII letters, digits, '-', '_', '.'",
                     self.node_id
                 ),
             });
@@ -223,6 +328,37 @@ impl Config {
                 reason: "must be at least 1".into(),
             });
         }
+        if self.cluster.is_empty()
+            || self.cluster.len() > 64
+            || !self.cluster.chars().all(|c| c.is_ascii_graphic())
+        {
+            return Err(ConfigError::Invalid {
+                name: "cluster",
+                reason: "must be 1-64 printable ASCII characters".into(),
+            });
+        }
+        let peers = self.parsed_static_peers()?;
+        if peers.iter().any(|p| p.node_id == self.node_id) {
+            return Err(ConfigError::Invalid {
+                name: "static_peers",
+                reason: format!("lists this node's own id {:?}", self.node_id),
+            });
+        }
+        let pki = [&self.cluster_ca, &self.node_cert, &self.node_key];
+        let given = pki.iter().filter(|p| p.is_some()).count();
+        if given != 0 && given != 3 {
+            return Err(ConfigError::Invalid {
+                name: "cluster_ca/node_cert/node_key",
+                reason: "give all three (see `pipemesh certs`) or none".into(),
+            });
+        }
+        let pipes = self.pipe_listen.is_some() || !peers.is_empty();
+        if pipes && given == 0 && !self.insecure_pipes {
+            return Err(ConfigError::Invalid {
+                name: "pipes",
+                reason: "pipes need --cluster-ca, --node-cert and --node-key (or --insecure-pipes for local experiments)".into(),
+            });
+        }
         if let Some(a) = &self.announced_address {
             if a.is_empty() {
                 return Err(ConfigError::Invalid {
@@ -232,6 +368,25 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The static peers, parsed.
+    pub fn parsed_static_peers(&self) -> Result<Vec<StaticPeer>, ConfigError> {
+        let mut out: Vec<StaticPeer> = Vec::with_capacity(self.static_peers.len());
+        for s in &self.static_peers {
+            let p: StaticPeer = s.parse().map_err(|reason| ConfigError::Invalid {
+                name: "static_peers",
+                reason,
+            })?;
+            if out.iter().any(|o| o.node_id == p.node_id) {
+                return Err(ConfigError::Invalid {
+                    name: "static_peers",
+                    reason: format!("node {:?} is listed twice", p.node_id),
+                });
+            }
+            out.push(p);
+        }
+        Ok(out)
     }
 
     /// Consent timeout as a duration.
@@ -307,6 +462,48 @@ mod tests {
         assert_eq!(cfg.region, "us-east");
         assert_eq!(cfg.node_id, "a1");
         assert_eq!(cfg.effective_announced_address(), "127.0.0.1");
+    }
+
+    #[test]
+    fn static_peers_and_pipe_trust_are_checked() {
+        let p: StaticPeer = "node-b=10.0.0.2:4444".parse().unwrap();
+        assert_eq!(
+            p,
+            StaticPeer {
+                node_id: "node-b".into(),
+                address: "10.0.0.2:4444".into()
+            }
+        );
+        assert!("node-b".parse::<StaticPeer>().is_err());
+        assert!("node b=h:1".parse::<StaticPeer>().is_err());
+        assert!("b=host".parse::<StaticPeer>().is_err());
+        assert!("b=host:0".parse::<StaticPeer>().is_err());
+        assert!("b=[::1]:4444".parse::<StaticPeer>().is_ok());
+
+        let mut cfg = Config {
+            node_id: "a".into(),
+            ..Config::default()
+        };
+        cfg.static_peers = vec!["b=127.0.0.1:4444".into()];
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::Invalid { name: "pipes", .. })
+        ));
+        cfg.insecure_pipes = true;
+        cfg.validate().unwrap();
+        cfg.static_peers.push("b=127.0.0.1:5555".into());
+        assert!(cfg.validate().is_err(), "duplicate peer");
+        cfg.static_peers = vec!["a=127.0.0.1:4444".into()];
+        assert!(cfg.validate().is_err(), "own id");
+        cfg.static_peers.clear();
+        cfg.insecure_pipes = false;
+        cfg.node_cert = Some("x.pem".into());
+        assert!(cfg.validate().is_err(), "partial PKI");
+
+        let from_file =
+            Config::from_toml("static_peers = [\"b=h:1\", \"c=h:2\"]\ninsecure_pipes = true\n")
+                .unwrap();
+        assert_eq!(from_file.parsed_static_peers().unwrap().len(), 2);
     }
 
     #[test]

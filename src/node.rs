@@ -41,6 +41,9 @@ pub enum NodeError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A configured feature is not available in this build.
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// The DTLS certificate could not be made.
     #[error(transparent)]
     Dtls(#[from] crate::edge::dtls::DtlsError),
@@ -106,6 +109,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
 pub async fn start(
     cfg: Config,
 ) -> Result<(NodeAddrs, broadcast::Sender<()>, JoinSet<()>), NodeError> {
+    if cfg.pipe_listen.is_some() || !cfg.static_peers.is_empty() {
+        // The settings are parsed and validated already; the links themselves land next.
+        return Err(NodeError::Unsupported(
+            "pipes (--pipe-listen, --static-peer) are not available in this build yet",
+        ));
+    }
     let bind = |what, addr, source| NodeError::Bind { what, addr, source };
     let udp = UdpSocket::bind(cfg.rtc_listen)
         .await
