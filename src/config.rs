@@ -65,8 +65,6 @@ pub struct Config {
     pub max_peers_per_room: usize,
     /// Upper bound on concurrent signaling connections.
     pub max_signaling_connections: usize,
-    /// Initial outgoing bitrate estimate for consumers, bits per second.
-    pub initial_available_outgoing_bitrate: u32,
     /// Cluster name: pipes refuse nodes of another cluster (and etcd keys are prefixed by it).
     pub cluster: String,
     /// QUIC listener for pipes from other nodes. Unset: no pipes (a single node).
@@ -139,7 +137,6 @@ impl Default for Config {
             consent_timeout_secs: 30,
             max_peers_per_room: 500,
             max_signaling_connections: 10_000,
-            initial_available_outgoing_bitrate: 600_000,
             cluster: "pipemesh".into(),
             pipe_listen: None,
             static_peers: Vec::new(),
