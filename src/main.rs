@@ -19,6 +19,8 @@ enum Command {
     Serve(ServeArgs),
     /// Run headless bot peers: publish synthetic audio/video and/or consume a room.
     Bot(pipemesh::bot::run::BotArgs),
+    /// Create a cluster CA and node certificates for pipes.
+    Certs(pipemesh::pipe::certs::CertsArgs),
     /// Print the effective configuration (file, environment and flags merged) as TOML.
     Config(ServeArgs),
 }
@@ -52,6 +54,10 @@ fn run(cli: Cli) -> Result<()> {
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             // run() prints per-stream lines and the summary itself.
             rt.block_on(pipemesh::bot::run::run(args))?;
+            Ok(())
+        }
+        Command::Certs(args) => {
+            pipemesh::pipe::certs::run(args)?;
             Ok(())
         }
         Command::Config(args) => {

@@ -1026,9 +1026,12 @@ pub(crate) mod der {
         Some(uris)
     }
 
+    /// One attribute of a `Name`: OID arcs, string tag, value octets.
+    pub type Attribute<'a> = (Vec<u64>, u8, &'a [u8]);
+
     /// The (OID arcs, string tag, value) of each attribute of a `Name`'s content. Multi-valued
     /// relative names are refused (`None`): they cannot be rebuilt in order.
-    pub fn name_attributes(name_body: &[u8]) -> Option<Vec<(Vec<u64>, u8, &[u8])>> {
+    pub fn name_attributes(name_body: &[u8]) -> Option<Vec<Attribute<'_>>> {
         let mut attrs = Vec::new();
         let mut r = name_body;
         while !r.is_empty() {
@@ -1272,6 +1275,25 @@ mod tests {
             Err(CertError::InvalidNodeId { .. })
         ));
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn command_line_rules() {
+        use clap::Parser;
+        #[derive(Parser, Debug)]
+        struct Cli {
+            #[command(flatten)]
+            args: CertsArgs,
+        }
+        let parse = |line: &str| Cli::try_parse_from(line.split_whitespace());
+        let ok = parse("certs --out d --cluster c a b").unwrap().args;
+        assert_eq!(ok.node_ids, ["a", "b"]);
+        assert_eq!(ok.days, DEFAULT_NODE_VALID_DAYS);
+        assert!(parse("certs --out d --ca-cert x --ca-key y a").is_ok());
+        // A new CA needs a cluster name; a reused CA needs both files; nodes are required.
+        assert!(parse("certs --out d a").is_err());
+        assert!(parse("certs --out d --ca-cert x a").is_err());
+        assert!(parse("certs --out d --cluster c").is_err());
     }
 
     #[test]
