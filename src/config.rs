@@ -506,8 +506,10 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(Config::from_toml("no_such_key = 1").is_err());
-        let mut cfg = Config::default();
-        cfg.node_id = "bad id".into();
+        let mut cfg = Config {
+            node_id: "bad id".into(),
+            ..Config::default()
+        };
         assert!(matches!(
             cfg.validate(),
             Err(ConfigError::Invalid {

@@ -278,7 +278,7 @@ async fn worker_task(
                     }
                     Protocol::Tcp => {
                         if let Some(w) = tcp_writers.get(&tuple.remote) {
-                            let _ = w.try_send(data.into());
+                            let _ = w.try_send(data);
                         }
                     }
                 },

@@ -114,7 +114,7 @@ impl Consumer {
             selector: (n > 1).then(|| {
                 let temporal = ScalabilityMode::parse_or_default(enc.scalability_mode.as_deref())
                     .temporal_layers;
-                SimulcastSelector::new(SimulcastConfig::default(), n as u8, temporal.max(1) as u8)
+                SimulcastSelector::new(SimulcastConfig::default(), n as u8, temporal.max(1))
             }),
             vp8: (n > 1 && producer.video_codec == Some(VideoCodec::Vp8)).then(Vp8Rewriter::new),
             payload_type,
