@@ -408,14 +408,14 @@ pub fn client_config(
     certs::validate_node_id(expected_peer)?;
     let provider = provider();
     let algs = provider.signature_verification_algorithms;
-    let verifier: Arc<dyn ServerCertVerifier> = match &identity.trust {
-        Trust::Cluster(roots) => Arc::new(ClusterServerVerifier {
+    let cluster = match &identity.trust {
+        Trust::Cluster(roots) => Some(ClusterCheck {
             roots: roots.clone(),
             expected: expected_peer.to_owned(),
-            algs,
         }),
-        Trust::Insecure => Arc::new(InsecureServerVerifier { algs }),
+        Trust::Insecure => None,
     };
+    let verifier: Arc<dyn ServerCertVerifier> = Arc::new(ServerVerifier { cluster, algs });
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Rustls)?
@@ -468,15 +468,24 @@ fn reject(err: impl std::error::Error + Send + Sync + 'static) -> rustls::Error 
     )))
 }
 
-/// Client-side verification with cluster trust: chain to the CA, then the node URI SAN.
+/// Client-side verification of the server's certificate. With cluster trust (`cluster` set):
+/// the chain must reach the CA and the node URI SAN must name the node we dialed. In insecure
+/// mode (`cluster` unset) any certificate passes, but the handshake signature is still checked
+/// so the server at least holds the key of the certificate it shows.
 #[derive(Debug)]
-struct ClusterServerVerifier {
-    roots: Arc<RootCertStore>,
-    expected: String,
+struct ServerVerifier {
+    cluster: Option<ClusterCheck>,
     algs: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for ClusterServerVerifier {
+/// What cluster trust checks: the roots and the node id we dialed.
+#[derive(Debug)]
+struct ClusterCheck {
+    roots: Arc<RootCertStore>,
+    expected: String,
+}
+
+impl ServerCertVerifier for ServerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -485,66 +494,24 @@ impl ServerCertVerifier for ClusterServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(check) = &self.cluster else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &parsed,
-            &self.roots,
+            &check.roots,
             intermediates,
             now,
             self.algs.all,
         )?;
         let presented = certs::node_id_from_cert(end_entity).map_err(reject)?;
-        if presented != self.expected {
+        if presented != check.expected {
             return Err(reject(TlsError::PeerMismatch {
-                expected: self.expected.clone(),
+                expected: check.expected.clone(),
                 presented,
             }));
         }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // The configuration allows TLS 1.3 only, so rustls never gets here.
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
-/// Client-side verification in insecure mode: any certificate, but the handshake signature is
-/// still checked so the server at least holds the key of the certificate it shows.
-#[derive(Debug)]
-struct InsecureServerVerifier {
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for InsecureServerVerifier {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
 
