@@ -3,10 +3,12 @@
 //!
 //! Sans-IO cores: [`wire`] (the datagram header and the versioned MessagePack control protocol),
 //! [`link`] (link and subscription state: reconnect with jittered backoff, grace periods).
-//! Glue: [`tls`] (mutual TLS with a cluster CA, node identity checks), [`certs`] (the
+//! Glue: [`endpoint`] (the QUIC endpoint: links to other nodes, hello, datagrams and control),
+//! [`tls`] (mutual TLS with a cluster CA, node identity checks), [`certs`] (the
 //! `pipemesh certs` command).
 
 pub mod certs;
+pub mod endpoint;
 pub mod link;
 pub mod tls;
 pub mod wire;
