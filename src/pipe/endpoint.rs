@@ -1,1 +1,781 @@
-//! (in progress)
+//! The QUIC pipe endpoint: one `quinn::Endpoint` per node, server and client at once, holding
+//! one link per configured static peer. Glue only: the dialing side is driven by the sans-IO
+//! [`LinkState`]; framing and checks come from [`crate::pipe::wire`] and [`crate::pipe::tls`].
+//!
+//! One link per pair of nodes: the node whose id is lexicographically smaller dials, the other
+//! only accepts (and refuses a dial from a larger id with [`RefuseCode::DuplicateLink`]), so two
+//! nodes never race each other into two connections.
+//!
+//! A link is one QUIC connection: the first bidirectional stream (opened by the dialer) carries
+//! the Hello/HelloAck handshake and then length-prefixed control frames; media travels as QUIC
+//! datagrams validated with [`parse_datagram`]. Malformed control frames that the decoder can
+//! skip are counted and skipped, fatal ones close the link; garbage datagrams are counted and
+//! dropped. Every queue is bounded and every task stops when the shutdown future completes.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quinn::{Connection, RecvStream, SendStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::ids::NodeId;
+use crate::pipe::link::{LinkAction, LinkConfig, LinkError, LinkState};
+use crate::pipe::tls::{self, PipeIdentity, TlsError, TransportTuning};
+use crate::pipe::wire::{
+    check_hello, encode_control, negotiated_version, parse_datagram, ControlDecoder,
+    ControlMessage, Hello, Refusal, RefuseCode, PROTOCOL_VERSION,
+};
+
+/// Capacity of the event channel returned by [`PipeEndpoint::start`].
+pub const EVENT_QUEUE: usize = 1024;
+/// Capacity of each link's outgoing control queue.
+pub const CONTROL_QUEUE: usize = 256;
+/// Incoming connections being handshaken at once; more are refused.
+pub const MAX_PENDING_ACCEPTS: usize = 64;
+/// How long a refusing side waits for the peer to read its Refuse and close.
+const REFUSE_LINGER: Duration = Duration::from_millis(500);
+/// Bytes read from the control stream per wake-up.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Errors of [`PipeEndpoint::start`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndpointError {
+    /// The TLS or transport configuration could not be built.
+    #[error("pipe TLS configuration: {0}")]
+    Tls(#[from] TlsError),
+    /// The link configuration is invalid.
+    #[error("pipe link configuration: {0}")]
+    Link(#[from] LinkError),
+    /// The UDP socket could not be bound.
+    #[error("cannot bind the pipe endpoint: {0}")]
+    Bind(#[source] std::io::Error),
+    /// A static peer is listed twice or is this node itself.
+    #[error("invalid static peer {0:?}")]
+    InvalidPeer(String),
+}
+
+/// Errors of [`PipeHandle::send_control`] and [`PipeHandle::send_datagram`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The node is not a configured static peer.
+    #[error("unknown pipe peer {0:?}")]
+    UnknownPeer(String),
+    /// The link to the node is not up; nothing was sent.
+    #[error("pipe link to {0:?} is down")]
+    LinkDown(String),
+    /// The link's control queue is full; the message was not queued.
+    #[error("pipe control queue to {0:?} is full")]
+    QueueFull(String),
+    /// QUIC refused the datagram (too large, or datagrams disabled by the peer).
+    #[error("datagram to {node_id:?} refused: {reason}")]
+    Datagram {
+        /// The peer.
+        node_id: String,
+        /// quinn's reason.
+        reason: String,
+    },
+}
+
+/// What the endpoint reports to the node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PipeEvent {
+    /// The link to `node_id` is up (handshake done).
+    LinkUp {
+        /// The peer.
+        node_id: String,
+    },
+    /// The link to `node_id` that was up is not any more.
+    LinkDown {
+        /// The peer.
+        node_id: String,
+    },
+    /// A control message from `node_id` (handshake messages are handled here and not reported).
+    Control {
+        /// The peer.
+        node_id: String,
+        /// The message.
+        msg: ControlMessage,
+    },
+    /// A well-formed datagram from `node_id`; dropped instead when the event queue is full.
+    Datagram {
+        /// The peer.
+        node_id: String,
+        /// The whole datagram, header included (parse it with [`parse_datagram`]).
+        data: Bytes,
+    },
+    /// `node_id` refused our Hello.
+    Refused {
+        /// The peer.
+        node_id: String,
+        /// Its reason.
+        reason: String,
+    },
+}
+
+/// Configuration of [`PipeEndpoint::start`].
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// Address to bind (UDP).
+    pub bind: SocketAddr,
+    /// This node's identity.
+    pub identity: PipeIdentity,
+    /// The cluster name; Hellos from other clusters are refused.
+    pub cluster: String,
+    /// Static peers: node id and address.
+    pub peers: Vec<(String, SocketAddr)>,
+    /// QUIC transport settings.
+    pub tuning: TransportTuning,
+    /// Reconnect and handshake timing of dialed links (the seed is mixed with each peer id).
+    pub link: LinkConfig,
+}
+
+/// Counters of one link, kept across reconnects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Whether the link is up.
+    pub up: bool,
+    /// Datagrams received and handed up.
+    pub datagrams_in: u64,
+    /// Their bytes.
+    pub bytes_in: u64,
+    /// Datagrams sent.
+    pub datagrams_out: u64,
+    /// Their bytes.
+    pub bytes_out: u64,
+    /// Received datagrams that failed [`parse_datagram`] and were dropped.
+    pub garbage_datagrams: u64,
+    /// Datagrams dropped because the event queue was full or the link was down.
+    pub dropped_datagrams: u64,
+    /// Control frames that could not be decoded and were skipped.
+    pub skipped_control: u64,
+    /// Control messages received.
+    pub control_in: u64,
+    /// Control messages queued for sending.
+    pub control_out: u64,
+}
+
+#[derive(Default)]
+struct Slot {
+    conn: Option<Connection>,
+    control: Option<mpsc::Sender<ControlMessage>>,
+    generation: u64,
+    stats: LinkStats,
+}
+
+struct Shared {
+    local_id: String,
+    cluster: String,
+    identity: PipeIdentity,
+    tuning: TransportTuning,
+    slots: Mutex<HashMap<String, Slot>>,
+    events: mpsc::Sender<PipeEvent>,
+}
+
+impl Shared {
+    fn slots(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
+        // A poisoned lock only means another task panicked mid-update of counters.
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn with_slot<R>(&self, node_id: &str, f: impl FnOnce(&mut Slot) -> R) -> Option<R> {
+        self.slots().get_mut(node_id).map(f)
+    }
+}
+
+/// The node's side of its pipes: send and inspect. Cheap to clone.
+#[derive(Clone)]
+pub struct PipeHandle {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    done: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for PipeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipeHandle")
+            .field("local_id", &self.shared.local_id)
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
+}
+
+impl PipeHandle {
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Queues a control message on the link to `node_id`.
+    pub fn send_control(&self, node_id: &str, msg: ControlMessage) -> Result<(), SendError> {
+        let mut slots = self.shared.slots();
+        let slot = slots
+            .get_mut(node_id)
+            .ok_or_else(|| SendError::UnknownPeer(node_id.to_owned()))?;
+        let tx = slot
+            .control
+            .as_ref()
+            .ok_or_else(|| SendError::LinkDown(node_id.to_owned()))?;
+        match tx.try_send(msg) {
+            Ok(()) => {
+                slot.stats.control_out += 1;
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(SendError::QueueFull(node_id.to_owned()))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(SendError::LinkDown(node_id.to_owned()))
+            }
+        }
+    }
+
+    /// Sends a datagram (built with `write_datagram`) on the link to `node_id`; it is dropped
+    /// (and counted) when the link is down.
+    pub fn send_datagram(&self, node_id: &str, data: Bytes) -> Result<(), SendError> {
+        let mut slots = self.shared.slots();
+        let slot = slots
+            .get_mut(node_id)
+            .ok_or_else(|| SendError::UnknownPeer(node_id.to_owned()))?;
+        let Some(conn) = slot.conn.as_ref() else {
+            slot.stats.dropped_datagrams += 1;
+            return Err(SendError::LinkDown(node_id.to_owned()));
+        };
+        let len = data.len() as u64;
+        match conn.send_datagram(data) {
+            Ok(()) => {
+                slot.stats.datagrams_out += 1;
+                slot.stats.bytes_out += len;
+                Ok(())
+            }
+            Err(e) => {
+                slot.stats.dropped_datagrams += 1;
+                Err(SendError::Datagram {
+                    node_id: node_id.to_owned(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Counters of the link to `node_id`, if it is a configured peer.
+    pub fn stats(&self, node_id: &str) -> Option<LinkStats> {
+        self.shared.with_slot(node_id, |s| s.stats.clone())
+    }
+
+    /// Completes once shutdown has run: every task stopped and the endpoint is idle.
+    pub async fn stopped(&self) {
+        let mut done = self.done.clone();
+        // An error means the supervisor is gone, which also means stopped.
+        let _ = done.wait_for(|d| *d).await;
+    }
+}
+
+/// Starts a node's pipe endpoint.
+pub struct PipeEndpoint;
+
+/// Held by every task; the supervisor knows all stopped when the last is dropped.
+type Alive = mpsc::Sender<()>;
+
+impl PipeEndpoint {
+    /// Binds `cfg.bind`, dials the static peers whose ids are greater than ours, accepts the
+    /// others, and runs until `shutdown` completes.
+    pub fn start(
+        cfg: EndpointConfig,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(PipeHandle, mpsc::Receiver<PipeEvent>), EndpointError> {
+        cfg.link.validate()?;
+        let local_id = cfg.identity.node_id().to_owned();
+        let mut slots = HashMap::new();
+        for (id, _) in &cfg.peers {
+            if *id == local_id || slots.insert(id.clone(), Slot::default()).is_some() {
+                return Err(EndpointError::InvalidPeer(id.clone()));
+            }
+        }
+        let server = tls::server_config(&cfg.identity, &cfg.tuning)?;
+        let endpoint = quinn::Endpoint::server(server, cfg.bind).map_err(EndpointError::Bind)?;
+        let local_addr = endpoint.local_addr().map_err(EndpointError::Bind)?;
+        let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let shared = Arc::new(Shared {
+            local_id: local_id.clone(),
+            cluster: cfg.cluster.clone(),
+            identity: cfg.identity.clone(),
+            tuning: cfg.tuning.clone(),
+            slots: Mutex::new(slots),
+            events,
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (done_tx, done_rx) = watch::channel(false);
+        let (alive, mut all_stopped) = mpsc::channel::<()>(1);
+
+        for (peer, addr) in &cfg.peers {
+            if local_id.as_str() < peer.as_str() {
+                let mut link = cfg.link.clone();
+                link.rng_seed = seed_for(link.rng_seed, peer);
+                let state = LinkState::new(NodeId::from(peer.as_str()), link)?;
+                tokio::spawn(dial_task(
+                    shared.clone(),
+                    endpoint.clone(),
+                    peer.clone(),
+                    *addr,
+                    state,
+                    cfg.link.handshake_timeout,
+                    stop_rx.clone(),
+                    alive.clone(),
+                ));
+            }
+        }
+        tokio::spawn(accept_task(
+            shared.clone(),
+            endpoint.clone(),
+            cfg.link.handshake_timeout,
+            stop_rx.clone(),
+            alive.clone(),
+        ));
+        drop(alive);
+
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+            endpoint.close(0u32.into(), b"shutdown");
+            // Returns None once every task has dropped its `Alive`.
+            let _ = all_stopped.recv().await;
+            endpoint.wait_idle().await;
+            drop(endpoint);
+            let _ = done_tx.send(true);
+        });
+
+        Ok((
+            PipeHandle {
+                shared,
+                local_addr,
+                done: done_rx,
+            },
+            events_rx,
+        ))
+    }
+}
+
+fn seed_for(seed: u64, peer: &str) -> u64 {
+    // FNV-1a: stable across runs, so a seeded simulation replays.
+    peer.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    // A dropped sender means the supervisor is gone: stop as well.
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Sends an event, waiting for room unless shutdown comes first.
+async fn emit(shared: &Shared, stop: &mut watch::Receiver<bool>, event: PipeEvent) {
+    tokio::select! {
+        _ = shared.events.send(event) => {}
+        _ = stop_requested(stop) => {}
+    }
+}
+
+fn hello(shared: &Shared) -> ControlMessage {
+    ControlMessage::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        node_id: NodeId::from(shared.local_id.as_str()),
+        cluster: shared.cluster.clone(),
+        software: concat!("pipemesh ", env!("CARGO_PKG_VERSION")).to_owned(),
+    })
+}
+
+async fn write_msg(send: &mut SendStream, msg: &ControlMessage) -> Result<(), String> {
+    let mut buf = Vec::new();
+    encode_control(msg, &mut buf).map_err(|e| e.to_string())?;
+    send.write_all(&buf).await.map_err(|e| e.to_string())
+}
+
+/// Reads the next control message, skipping (and counting) skippable errors. Cancel-safe:
+/// the only await is `RecvStream::read`, and bytes read are in `decoder` before the next one.
+async fn read_msg(
+    recv: &mut RecvStream,
+    decoder: &mut ControlDecoder,
+    skipped: &mut u64,
+) -> Result<ControlMessage, String> {
+    let mut buf = [0u8; READ_CHUNK];
+    loop {
+        match decoder.next() {
+            Ok(Some(msg)) => return Ok(msg),
+            Ok(None) => {}
+            Err(e) if e.is_skippable() => {
+                *skipped += 1;
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        // Never read more than the decoder can take, so no bytes are left over.
+        let room = (4 + decoder.max_message()).saturating_sub(decoder.buffered());
+        let want = room.min(READ_CHUNK);
+        if want == 0 {
+            return Err("control decoder full".into());
+        }
+        match recv.read(&mut buf[..want]).await {
+            Ok(Some(n)) => {
+                decoder.push(&buf[..n]);
+            }
+            Ok(None) => return Err("control stream finished".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+fn permanent(code: RefuseCode) -> bool {
+    matches!(
+        code,
+        RefuseCode::UnsupportedVersion | RefuseCode::WrongCluster | RefuseCode::WrongNodeId
+    )
+}
+
+/// The dialing side of the link to `peer`, driven by its [`LinkState`].
+// Each argument is one task-owned resource; bundling them would only rename them.
+#[allow(clippy::too_many_arguments)]
+async fn dial_task(
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    peer: String,
+    addr: SocketAddr,
+    mut state: LinkState,
+    handshake_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+    _alive: Alive,
+) {
+    state.need(Instant::now());
+    let mut conn: Option<(Connection, SendStream, RecvStream, ControlDecoder)> = None;
+    let mut connection: Option<Connection> = None;
+    loop {
+        while let Some(action) = state.poll_action() {
+            let now = Instant::now();
+            match action {
+                LinkAction::Dial { .. } => {
+                    let deadline = now + handshake_timeout;
+                    let dialed = tokio::select! {
+                        r = tokio::time::timeout_at(deadline.into(), dial(&shared, &endpoint, &peer, addr)) => r,
+                        _ = stop_requested(&mut stop) => return,
+                    };
+                    let now = Instant::now();
+                    match dialed {
+                        Ok(Ok(c)) => {
+                            connection = Some(c);
+                            let _ = state.on_connected(now);
+                        }
+                        _ => {
+                            let _ = state.on_connection_lost(now);
+                        }
+                    }
+                }
+                LinkAction::SendHello => {
+                    let Some(c) = connection.take() else {
+                        let _ = state.on_connection_lost(now);
+                        continue;
+                    };
+                    let deadline = now + handshake_timeout;
+                    let result = tokio::select! {
+                        r = tokio::time::timeout_at(deadline.into(), handshake(&shared, &c)) => r,
+                        _ = stop_requested(&mut stop) => return,
+                    };
+                    let now = Instant::now();
+                    match result {
+                        Ok(Ok(HandshakeOutcome::Ack(send, recv, decoder))) => {
+                            conn = Some((c, send, recv, decoder));
+                            let _ = state.on_hello_ack(now);
+                        }
+                        Ok(Ok(HandshakeOutcome::Refused(refusal))) => {
+                            c.close(0u32.into(), b"refused");
+                            let _ = state.on_refused(now, permanent(refusal.code), refusal.reason);
+                        }
+                        _ => {
+                            c.close(0u32.into(), b"handshake failed");
+                            let _ = state.on_connection_lost(now);
+                        }
+                    }
+                }
+                LinkAction::LinkUp => {
+                    let Some((c, send, recv, decoder)) = conn.take() else {
+                        let _ = state.on_connection_lost(now);
+                        continue;
+                    };
+                    run_link(&shared, &peer, c, send, recv, decoder, &mut stop).await;
+                    if *stop.borrow() {
+                        return;
+                    }
+                    let _ = state.on_connection_lost(Instant::now());
+                }
+                LinkAction::Refused { reason, .. } => {
+                    let event = PipeEvent::Refused {
+                        node_id: peer.clone(),
+                        reason,
+                    };
+                    emit(&shared, &mut stop, event).await;
+                }
+                LinkAction::Close => {
+                    if let Some(c) = connection.take() {
+                        c.close(0u32.into(), b"closed");
+                    }
+                    if let Some((c, ..)) = conn.take() {
+                        c.close(0u32.into(), b"closed");
+                    }
+                }
+                // run_link already reported LinkDown; grace is the node's business.
+                LinkAction::LinkDown { .. } | LinkAction::GraceExpired => {}
+            }
+        }
+        let sleep = async {
+            match state.poll_timeout() {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sleep => state.handle_timeout(Instant::now()),
+            _ = stop_requested(&mut stop) => return,
+        }
+    }
+}
+
+async fn dial(
+    shared: &Shared,
+    endpoint: &quinn::Endpoint,
+    peer: &str,
+    addr: SocketAddr,
+) -> Result<Connection, String> {
+    let connecting = tls::connect(endpoint, &shared.identity, peer, &shared.tuning, addr)
+        .map_err(|e| e.to_string())?;
+    connecting.await.map_err(|e| e.to_string())
+}
+
+enum HandshakeOutcome {
+    Ack(SendStream, RecvStream, ControlDecoder),
+    Refused(Refusal),
+}
+
+async fn handshake(shared: &Shared, conn: &Connection) -> Result<HandshakeOutcome, String> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    write_msg(&mut send, &hello(shared)).await?;
+    let mut decoder = ControlDecoder::default();
+    let mut skipped = 0;
+    match read_msg(&mut recv, &mut decoder, &mut skipped).await? {
+        ControlMessage::HelloAck { .. } => Ok(HandshakeOutcome::Ack(send, recv, decoder)),
+        ControlMessage::Refuse { code, reason } => {
+            Ok(HandshakeOutcome::Refused(Refusal { code, reason }))
+        }
+        other => Err(format!("expected HelloAck, got {}", other.type_name())),
+    }
+}
+
+async fn accept_task(
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    handshake_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+    alive: Alive,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_ACCEPTS));
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => i,
+            _ = stop_requested(&mut stop) => return,
+        };
+        // None: the endpoint was closed.
+        let Some(incoming) = incoming else { return };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            incoming.refuse();
+            continue;
+        };
+        let shared = shared.clone();
+        let mut stop = stop.clone();
+        let alive = alive.clone();
+        tokio::spawn(async move {
+            let _alive = alive;
+            let accepted = tokio::select! {
+                r = tokio::time::timeout(handshake_timeout, accept_one(&shared, incoming)) => r,
+                _ = stop_requested(&mut stop) => return,
+            };
+            drop(permit);
+            if let Ok(Some((peer, conn, send, recv, decoder))) = accepted {
+                run_link(&shared, &peer, conn, send, recv, decoder, &mut stop).await;
+            }
+        });
+    }
+}
+
+/// Handshakes an incoming connection; `None` if it was refused or failed.
+async fn accept_one(
+    shared: &Shared,
+    incoming: quinn::Incoming,
+) -> Option<(String, Connection, SendStream, RecvStream, ControlDecoder)> {
+    let conn = incoming.await.ok()?;
+    let cert_id = tls::peer_node_id(&conn).ok();
+    if cert_id.is_none() && !shared.identity.is_insecure() {
+        conn.close(0u32.into(), b"no certificate");
+        return None;
+    }
+    let (mut send, mut recv) = conn.accept_bi().await.ok()?;
+    let mut decoder = ControlDecoder::default();
+    let mut skipped = 0;
+    let msg = read_msg(&mut recv, &mut decoder, &mut skipped).await.ok()?;
+    let ControlMessage::Hello(hello) = msg else {
+        conn.close(0u32.into(), b"expected hello");
+        return None;
+    };
+    let peer = cert_id.unwrap_or_else(|| hello.node_id.as_str().to_owned());
+    let verdict =
+        check_hello(PROTOCOL_VERSION, &shared.cluster, Some(&peer), &hello).and_then(|()| {
+            if !shared.slots().contains_key(&peer) {
+                Err(Refusal {
+                    code: RefuseCode::WrongNodeId,
+                    reason: format!("node {peer:?} is not a configured peer"),
+                })
+            } else if peer.as_str() > shared.local_id.as_str() {
+                Err(Refusal {
+                    code: RefuseCode::DuplicateLink,
+                    reason: format!("{:?} dials {peer:?}, not the other way", shared.local_id),
+                })
+            } else {
+                Ok(())
+            }
+        });
+    match verdict {
+        Ok(()) => {
+            let ack = ControlMessage::HelloAck {
+                protocol_version: negotiated_version(PROTOCOL_VERSION, hello.protocol_version),
+                node_id: NodeId::from(shared.local_id.as_str()),
+            };
+            write_msg(&mut send, &ack).await.ok()?;
+            Some((peer, conn, send, recv, decoder))
+        }
+        Err(refusal) => {
+            tracing::warn!(peer = %peer, %refusal, "refusing pipe link");
+            let _ = write_msg(&mut send, &refusal.into()).await;
+            let _ = send.finish();
+            // Give the dialer a moment to read the Refuse and close first.
+            let _ = tokio::time::timeout(REFUSE_LINGER, conn.closed()).await;
+            conn.close(0u32.into(), b"refused");
+            None
+        }
+    }
+}
+
+/// Runs an up link until it is lost or shutdown; reports LinkUp and LinkDown.
+async fn run_link(
+    shared: &Shared,
+    peer: &str,
+    conn: Connection,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    mut decoder: ControlDecoder,
+    stop: &mut watch::Receiver<bool>,
+) {
+    let (control_tx, mut control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let mut superseded = false;
+    let generation = shared.with_slot(peer, |slot| {
+        if let Some(old) = slot.conn.take() {
+            old.close(0u32.into(), b"superseded");
+            superseded = true;
+        }
+        slot.conn = Some(conn.clone());
+        slot.control = Some(control_tx);
+        slot.generation += 1;
+        slot.stats.up = true;
+        slot.generation
+    });
+    let Some(generation) = generation else {
+        conn.close(0u32.into(), b"unknown peer");
+        return;
+    };
+    if superseded {
+        let event = PipeEvent::LinkDown {
+            node_id: peer.to_owned(),
+        };
+        emit(shared, stop, event).await;
+    }
+    emit(
+        shared,
+        stop,
+        PipeEvent::LinkUp {
+            node_id: peer.to_owned(),
+        },
+    )
+    .await;
+
+    let mut skipped = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop_requested(stop) => break,
+            msg = control_rx.recv() => {
+                // None cannot happen while the slot holds the sender; treat it as loss.
+                let Some(msg) = msg else { break };
+                if write_msg(&mut send, &msg).await.is_err() {
+                    break;
+                }
+            }
+            msg = read_msg(&mut recv, &mut decoder, &mut skipped) => {
+                let before = skipped;
+                let Ok(msg) = msg else { break };
+                let goodbye = matches!(msg, ControlMessage::Goodbye { .. } | ControlMessage::Refuse { .. });
+                shared.with_slot(peer, |s| {
+                    s.stats.control_in += 1;
+                    s.stats.skipped_control += skipped - before;
+                });
+                match msg {
+                    ControlMessage::Hello(_) | ControlMessage::HelloAck { .. } => {}
+                    msg => {
+                        let event = PipeEvent::Control { node_id: peer.to_owned(), msg };
+                        emit(shared, stop, event).await;
+                    }
+                }
+                if goodbye {
+                    break;
+                }
+            }
+            dgram = conn.read_datagram() => {
+                let Ok(data) = dgram else { break };
+                let valid = parse_datagram(&data).is_ok();
+                let len = data.len() as u64;
+                let delivered = valid && shared
+                    .events
+                    .try_send(PipeEvent::Datagram { node_id: peer.to_owned(), data })
+                    .is_ok();
+                shared.with_slot(peer, |s| {
+                    if !valid {
+                        s.stats.garbage_datagrams += 1;
+                    } else if delivered {
+                        s.stats.datagrams_in += 1;
+                        s.stats.bytes_in += len;
+                    } else {
+                        s.stats.dropped_datagrams += 1;
+                    }
+                });
+            }
+        }
+    }
+    conn.close(0u32.into(), b"link closed");
+    let current = shared
+        .with_slot(peer, |slot| {
+            if slot.generation == generation {
+                slot.conn = None;
+                slot.control = None;
+                slot.stats.up = false;
+                true
+            } else {
+                false
+            }
+        })
+        .unwrap_or(false);
+    if current && !*stop.borrow() {
+        let event = PipeEvent::LinkDown {
+            node_id: peer.to_owned(),
+        };
+        emit(shared, stop, event).await;
+    }
+}
