@@ -25,6 +25,7 @@
 pub mod admin;
 pub mod bot;
 pub mod config;
+pub mod discovery;
 pub mod edge;
 pub mod ids;
 pub mod node;
