@@ -361,12 +361,20 @@ impl Worker {
         consumer: &ConsumerId,
         accepted: bool,
     ) {
-        let Some((room_id, _)) = self.sessions.get(&session) else {
+        let Some((room_id, peer_id)) = self.sessions.get(&session) else {
             return;
         };
         let Some(room) = self.rooms.get_mut(room_id) else {
             return;
         };
+        // Only the consumer's own peer may accept or refuse it.
+        if room
+            .consumers
+            .get(consumer)
+            .is_none_or(|c| &c.peer != peer_id)
+        {
+            return;
+        }
         if accepted {
             room.resume_consumer(now, consumer, &mut self.outputs, &mut self.transports);
         } else {

@@ -28,6 +28,7 @@ const OPUS_SSRC: u32 = 2_731_590_123;
 /// Payload type of the Opus fixture.
 const OPUS_PT: u8 = 111;
 
+mod answers;
 mod feedback;
 
 const CONSENT: Duration = Duration::from_secs(5);
