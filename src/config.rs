@@ -79,6 +79,9 @@ pub struct Config {
     pub node_key: Option<PathBuf>,
     /// Pipes without certificate checks (self-signed, any peer accepted): local experiments only.
     pub insecure_pipes: bool,
+    /// Seconds consumers of a remote producer wait without media (pipe link down) before they
+    /// are closed and their peers told `consumerClosed`.
+    pub pipe_grace_secs: u64,
 }
 
 /// A static peer: another node and the address of its pipe listener.
@@ -144,6 +147,7 @@ impl Default for Config {
             node_cert: None,
             node_key: None,
             insecure_pipes: false,
+            pipe_grace_secs: 10,
         }
     }
 }
@@ -213,6 +217,9 @@ pub struct ServeArgs {
     /// Pipes without certificate checks (local experiments only)
     #[arg(long, env = "PIPEMESH_INSECURE_PIPES")]
     pub insecure_pipes: bool,
+    /// Seconds remote consumers wait for a broken pipe link before closing [default: 10]
+    #[arg(long, env = "PIPEMESH_PIPE_GRACE_SECS")]
+    pub pipe_grace_secs: Option<u64>,
 }
 
 impl Config {
@@ -300,6 +307,9 @@ impl Config {
         if a.insecure_pipes {
             self.insecure_pipes = true;
         }
+        if let Some(v) = a.pipe_grace_secs {
+            self.pipe_grace_secs = v;
+        }
     }
 
     /// Refuses values that cannot work.
@@ -332,6 +342,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "cluster",
                 reason: "must be 1-64 printable ASCII characters".into(),
+            });
+        }
+        if self.pipe_grace_secs == 0 || self.pipe_grace_secs > 3600 {
+            return Err(ConfigError::Invalid {
+                name: "pipe_grace_secs",
+                reason: "must be between 1 and 3600".into(),
             });
         }
         let peers = self.parsed_static_peers()?;

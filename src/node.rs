@@ -65,6 +65,8 @@ pub struct NodeAddrs {
     pub rtc: SocketAddr,
     /// Admin HTTP.
     pub admin: SocketAddr,
+    /// QUIC pipe listener, when pipes are configured.
+    pub pipe: Option<SocketAddr>,
 }
 
 /// Queue depth of the worker's command channel.
@@ -139,6 +141,7 @@ pub async fn start(
         admin: admin
             .local_addr()
             .map_err(|e| bind("admin", cfg.admin_listen, e))?,
+        pipe: None,
     };
 
     let identity = DtlsIdentity::generate()?;
