@@ -10,6 +10,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::node::NodeCounters;
+use crate::pipe::endpoint::PipeHandle;
 use crate::worker::WorkerCounters;
 
 #[derive(Clone)]
@@ -18,6 +19,7 @@ struct AdminState {
     region: String,
     node: Arc<NodeCounters>,
     worker: Arc<WorkerCounters>,
+    pipes: Option<(PipeHandle, Vec<String>)>,
 }
 
 /// The admin router.
@@ -26,6 +28,7 @@ pub fn router(
     region: String,
     node: Arc<NodeCounters>,
     worker: Arc<WorkerCounters>,
+    pipes: Option<(PipeHandle, Vec<String>)>,
 ) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -35,6 +38,7 @@ pub fn router(
             region,
             node,
             worker,
+            pipes,
         })
 }
 
@@ -53,6 +57,28 @@ async fn metrics(State(s): State<AdminState>) -> String {
     );
     for (name, v) in s.worker.snapshot() {
         line(name, v);
+    }
+    if let Some((handle, peers)) = &s.pipes {
+        for peer in peers {
+            let Some(st) = handle.stats(peer) else {
+                continue;
+            };
+            for (name, v) in [
+                ("pipe_link_up", u64::from(st.up)),
+                ("pipe_datagrams_in_total", st.datagrams_in),
+                ("pipe_bytes_in_total", st.bytes_in),
+                ("pipe_datagrams_out_total", st.datagrams_out),
+                ("pipe_bytes_out_total", st.bytes_out),
+                ("pipe_garbage_datagrams_total", st.garbage_datagrams),
+                ("pipe_dropped_datagrams_total", st.dropped_datagrams),
+                ("pipe_skipped_control_total", st.skipped_control),
+                ("pipe_control_in_total", st.control_in),
+                ("pipe_control_out_total", st.control_out),
+            ] {
+                // Node ids are [A-Za-z0-9._-]: safe inside a label value.
+                line(&format!("{name}{{peer=\"{peer}\"}}"), v);
+            }
+        }
     }
     out
 }

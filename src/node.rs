@@ -10,7 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use thiserror::Error;
@@ -20,10 +20,14 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
+use crate::discovery::directory::{DirectoryConfig, GossipDirectory};
 use crate::edge::demux::{encode_frame_header, FrameDecoder};
 use crate::edge::dtls::{DtlsEvent, DtlsIdentity, DtlsSession};
 use crate::edge::ice::{Protocol, Tuple};
-use crate::ids::TransportId;
+use crate::ids::{NodeId, TransportId};
+use crate::pipe::endpoint::{EndpointConfig, PipeEndpoint, PipeEvent, PipeHandle};
+use crate::pipe::link::LinkConfig;
+use crate::pipe::tls::{PipeIdentity, TransportTuning};
 use crate::signaling::server::{self as sig, SessionId, ToPeer, WorkerCommand};
 use crate::timing::DTLS_HANDSHAKE_TIMEOUT;
 use crate::worker::{Output, Worker, WorkerConfig};
@@ -41,9 +45,9 @@ pub enum NodeError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// A configured feature is not available in this build.
-    #[error("{0}")]
-    Unsupported(&'static str),
+    /// The pipe endpoint could not start.
+    #[error("pipes: {0}")]
+    Pipe(String),
     /// The DTLS certificate could not be made.
     #[error(transparent)]
     Dtls(#[from] crate::edge::dtls::DtlsError),
@@ -111,12 +115,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
 pub async fn start(
     cfg: Config,
 ) -> Result<(NodeAddrs, broadcast::Sender<()>, JoinSet<()>), NodeError> {
-    if cfg.pipe_listen.is_some() || !cfg.static_peers.is_empty() {
-        // The settings are parsed and validated already; the links themselves land next.
-        return Err(NodeError::Unsupported(
-            "pipes (--pipe-listen, --static-peer) are not available in this build yet",
-        ));
-    }
     let bind = |what, addr, source| NodeError::Bind { what, addr, source };
     let udp = UdpSocket::bind(cfg.rtc_listen)
         .await
@@ -143,6 +141,10 @@ pub async fn start(
             .map_err(|e| bind("admin", cfg.admin_listen, e))?,
         pipe: None,
     };
+    let mut addrs = addrs;
+    let (stop, _) = broadcast::channel::<()>(1);
+    let pipes = start_pipes(&cfg, &stop).await?;
+    addrs.pipe = pipes.as_ref().map(|(h, _)| h.local_addr());
 
     let identity = DtlsIdentity::generate()?;
     let worker = Worker::new(
@@ -157,18 +159,38 @@ pub async fn start(
     );
 
     let mut worker = worker;
+    if pipes.is_some() {
+        worker.enable_pipes(
+            Box::new(GossipDirectory::new(DirectoryConfig {
+                max_peers_per_room: cfg.max_peers_per_room,
+                ..DirectoryConfig::default()
+            })),
+            Duration::from_secs(cfg.pipe_grace_secs),
+        );
+    }
     worker.set_ntp_origin(
         Instant::now(),
         ntp_from_system_time(std::time::SystemTime::now()),
     );
     let worker_counters = worker.counters();
-    let (stop, _) = broadcast::channel::<()>(1);
     let (cmd_tx, cmd_rx) = mpsc::channel(WORKER_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(WORKER_QUEUE);
     let counters = Arc::new(NodeCounters::default());
     let mut tasks = JoinSet::new();
 
     let udp = Arc::new(udp);
+    let (pipe_handle, pipe_events) = match pipes {
+        Some((h, rx)) => (Some(h), Some(rx)),
+        None => (None, None),
+    };
+    if let Some(h) = pipe_handle.clone() {
+        // The node has stopped once the pipe endpoint has closed its connections.
+        let mut s = stop.subscribe();
+        tasks.spawn(async move {
+            let _ = s.recv().await;
+            h.stopped().await;
+        });
+    }
     tasks.spawn(worker_task(
         worker,
         identity,
@@ -176,6 +198,8 @@ pub async fn start(
         cmd_rx,
         ev_rx,
         ev_tx.clone(),
+        pipe_handle.clone(),
+        pipe_events,
         stop.subscribe(),
     ));
     tasks.spawn(tcp_accept(tcp, ev_tx, counters.clone(), stop.subscribe()));
@@ -192,11 +216,16 @@ pub async fn start(
             tracing::error!(error = %e, "signaling server failed");
         }
     });
+    let pipe_peers = cfg
+        .parsed_static_peers()
+        .map(|v| v.into_iter().map(|p| p.node_id).collect())
+        .unwrap_or_default();
     let admin_app = crate::admin::router(
         cfg.node_id.clone(),
         cfg.region.clone(),
         counters,
         worker_counters,
+        pipe_handle.map(|h| (h, pipe_peers)),
     );
     let mut s = stop.subscribe();
     tasks.spawn(async move {
@@ -212,6 +241,79 @@ pub async fn start(
     Ok((addrs, stop, tasks))
 }
 
+/// Starts the pipe endpoint when pipes are configured: the identity from the cluster PKI (or
+/// a throwaway one with `--insecure-pipes`), static peers resolved now.
+async fn start_pipes(
+    cfg: &Config,
+    stop: &broadcast::Sender<()>,
+) -> Result<Option<(PipeHandle, mpsc::Receiver<PipeEvent>)>, NodeError> {
+    let peers = cfg
+        .parsed_static_peers()
+        .map_err(|e| NodeError::Pipe(e.to_string()))?;
+    let Some(listen) = cfg.pipe_listen else {
+        if peers.is_empty() {
+            return Ok(None);
+        }
+        return Err(NodeError::Pipe(
+            "static peers need --pipe-listen (the address they reach this node on)".into(),
+        ));
+    };
+    let identity = match (&cfg.cluster_ca, &cfg.node_cert, &cfg.node_key) {
+        (Some(ca), Some(cert), Some(key)) => PipeIdentity::from_files(&cfg.node_id, ca, cert, key)
+            .map_err(|e| NodeError::Pipe(e.to_string()))?,
+        _ if cfg.insecure_pipes => {
+            PipeIdentity::insecure(&cfg.node_id).map_err(|e| NodeError::Pipe(e.to_string()))?
+        }
+        _ => {
+            return Err(NodeError::Pipe(
+                "pipes need --cluster-ca, --node-cert and --node-key (or --insecure-pipes)".into(),
+            ))
+        }
+    };
+    let mut resolved = Vec::with_capacity(peers.len());
+    for p in peers {
+        let addr = tokio::net::lookup_host(&p.address)
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| {
+                NodeError::Pipe(format!(
+                    "cannot resolve static peer {}={}",
+                    p.node_id, p.address
+                ))
+            })?;
+        resolved.push((p.node_id, addr));
+    }
+    let mut s = stop.subscribe();
+    let (handle, events) = PipeEndpoint::start(
+        EndpointConfig {
+            bind: listen,
+            identity,
+            cluster: cfg.cluster.clone(),
+            peers: resolved,
+            tuning: TransportTuning::default(),
+            link: LinkConfig {
+                rng_seed: rand::random(),
+                ..LinkConfig::default()
+            },
+        },
+        async move {
+            let _ = s.recv().await;
+        },
+    )
+    .map_err(|e| NodeError::Pipe(e.to_string()))?;
+    tracing::info!(listen = %handle.local_addr(), "pipe endpoint listening");
+    Ok(Some((handle, events)))
+}
+
+/// Waits for the next pipe event, or forever when the node has no pipes.
+async fn next_pipe_event(rx: &mut Option<mpsc::Receiver<PipeEvent>>) -> Option<PipeEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn worker_task(
     mut worker: Worker,
@@ -220,6 +322,8 @@ async fn worker_task(
     mut commands: mpsc::Receiver<WorkerCommand>,
     mut events: mpsc::Receiver<Event>,
     event_tx: mpsc::Sender<Event>,
+    pipe: Option<PipeHandle>,
+    mut pipe_events: Option<mpsc::Receiver<PipeEvent>>,
     mut stop: broadcast::Receiver<()>,
 ) {
     let mut sessions: HashMap<SessionId, mpsc::Sender<ToPeer>> = HashMap::new();
@@ -269,6 +373,18 @@ async fn worker_task(
                     worker.handle_session_closed(Instant::now(), session);
                 }
             },
+            Some(ev) = next_pipe_event(&mut pipe_events) => {
+                let now = Instant::now();
+                match ev {
+                    PipeEvent::LinkUp { node_id } => worker.handle_pipe_link_up(now, &NodeId::from(node_id.as_str())),
+                    PipeEvent::LinkDown { node_id } => worker.handle_pipe_link_down(now, &NodeId::from(node_id.as_str())),
+                    PipeEvent::Control { node_id, msg } => worker.handle_pipe_control(now, &NodeId::from(node_id.as_str()), msg),
+                    PipeEvent::Datagram { node_id, data } => worker.handle_pipe_datagram(now, &NodeId::from(node_id.as_str()), &data),
+                    PipeEvent::Refused { node_id, reason } => {
+                        tracing::warn!(node = %node_id, %reason, "pipe link refused by peer");
+                    }
+                }
+            }
             _ = sleep => worker.handle_timeout(Instant::now()),
         }
         let mut stuck: Vec<SessionId> = Vec::new();
@@ -322,6 +438,19 @@ async fn worker_task(
                 Output::CloseTcp { remote } => {
                     // Dropping the writer ends the writer task, which closes the socket.
                     tcp_writers.remove(&remote);
+                }
+                Output::PipeControl { node, msg } => {
+                    if let Some(p) = &pipe {
+                        if let Err(e) = p.send_control(node.as_str(), msg) {
+                            tracing::debug!(%node, error = %e, "pipe control not sent");
+                        }
+                    }
+                }
+                Output::PipeDatagram { node, data } => {
+                    if let Some(p) = &pipe {
+                        // Counted by the endpoint when dropped (link down, too large).
+                        let _ = p.send_datagram(node.as_str(), data);
+                    }
                 }
             }
         }

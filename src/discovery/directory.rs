@@ -154,6 +154,22 @@ pub trait RoomDirectory {
     fn remote_peers(&self, room: &RoomId) -> Vec<(NodeId, PeerInfo)>;
     /// The next change to the remote view, if any.
     fn poll_event(&mut self) -> Option<DirectoryEvent>;
+
+    // Pipe-driven backends (gossip) learn through links; the defaults suit backends that do
+    // not (single node, etcd).
+
+    /// The pipe link to `node` is up.
+    fn link_up(&mut self, _node: &NodeId) {}
+    /// The pipe link to `node` is down (it may come back).
+    fn link_down(&mut self, _node: &NodeId) {}
+    /// `node` is considered gone: drop what it announced, with events.
+    fn node_gone(&mut self, _node: &NodeId) {}
+    /// A directory control message from `node` (others are ignored).
+    fn apply_remote(&mut self, _node: &NodeId, _msg: &ControlMessage) {}
+    /// The next control message to send to a node, if any.
+    fn poll_send(&mut self) -> Option<(NodeId, ControlMessage)> {
+        None
+    }
 }
 
 /// The single-node directory: there are no other nodes, so nothing is remote.
@@ -856,6 +872,21 @@ impl RoomDirectory for GossipDirectory {
     fn poll_event(&mut self) -> Option<DirectoryEvent> {
         self.events.pop_front()
     }
+    fn link_up(&mut self, node: &NodeId) {
+        GossipDirectory::link_up(self, node)
+    }
+    fn link_down(&mut self, node: &NodeId) {
+        GossipDirectory::link_down(self, node)
+    }
+    fn node_gone(&mut self, node: &NodeId) {
+        GossipDirectory::node_gone(self, node)
+    }
+    fn apply_remote(&mut self, node: &NodeId, msg: &ControlMessage) {
+        GossipDirectory::apply_remote(self, node, msg)
+    }
+    fn poll_send(&mut self) -> Option<(NodeId, ControlMessage)> {
+        GossipDirectory::poll_send(self)
+    }
 }
 
 #[cfg(test)]
@@ -877,6 +908,8 @@ mod tests {
             producer_id: ProducerId::from(id),
             kind: MediaKind::Video,
             paused: false,
+            rtp_parameters: Default::default(),
+            app_data: String::new(),
         }
     }
     fn peer(id: &str, producers: &[&str]) -> PeerInfo {

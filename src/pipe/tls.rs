@@ -136,6 +136,9 @@ impl Default for TransportTuning {
     }
 }
 
+/// Initial QUIC MTU of pipe links (UDP payload bytes).
+pub const PIPE_INITIAL_MTU: u16 = 1400;
+
 /// Bounds of buffer and window settings: below 64 KiB a pipe stalls on one burst of video,
 /// above 16 MiB one peer can pin too much memory.
 const MIN_BUFFER: u64 = 64 << 10;
@@ -205,7 +208,11 @@ impl TransportTuning {
             .stream_receive_window(quinn::VarInt::from_u32(self.stream_receive_window))
             .receive_window(quinn::VarInt::from_u32(self.connection_receive_window))
             // Bound what we buffer for a slow peer the same way we bound what it may send us.
-            .send_window(u64::from(self.connection_receive_window));
+            .send_window(u64::from(self.connection_receive_window))
+            // A piped RTP packet (up to ~1,250 bytes with QUIC's overhead) must fit a datagram
+            // from the first packet on; quinn's 1,200-byte start would drop video packets
+            // until path MTU discovery (still on) raised it. 1,400 fits any 1,500-byte path.
+            .initial_mtu(PIPE_INITIAL_MTU);
         Ok(t)
     }
 }

@@ -11,6 +11,7 @@
 //! the ids of the producers/consumers that use them.
 
 mod media;
+mod pipe;
 mod room;
 mod transport;
 
@@ -24,9 +25,11 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::Value;
 
+use crate::discovery::directory::{LocalDirectory, RoomDirectory};
 use crate::edge::dtls::{DtlsEvent, DtlsRole, Fingerprint};
 use crate::edge::ice::Tuple;
-use crate::ids::{ConsumerId, PeerId, RoomId, TransportId};
+use crate::ids::{ConsumerId, NodeId, PeerId, ProducerId, RoomId, TransportId};
+use crate::pipe::wire::ControlMessage;
 use crate::router::ortc;
 use crate::router::rtp_parameters::RtpCapabilities;
 use crate::signaling::protoo::ClientRequest;
@@ -92,6 +95,61 @@ pub enum Output {
         /// Its remote address.
         remote: SocketAddr,
     },
+    /// Send a control message on the pipe link to a node.
+    PipeControl {
+        /// The node.
+        node: NodeId,
+        /// The message.
+        msg: ControlMessage,
+    },
+    /// Send a datagram (pipe header included) on the pipe link to a node.
+    PipeDatagram {
+        /// The node.
+        node: NodeId,
+        /// The datagram.
+        data: bytes::Bytes,
+    },
+}
+
+/// Something a room did that the worker must act on beyond the room (directory, pipe
+/// subscriptions). Rooms queue notes next to their outputs; the worker applies them before
+/// returning from each input.
+#[derive(Debug)]
+pub(crate) enum Note {
+    /// A local producer closed.
+    LocalProducerClosed {
+        room: RoomId,
+        peer: PeerId,
+        producer: ProducerId,
+        /// Nodes it was piped to.
+        piped_to: Vec<NodeId>,
+        /// Its pipe stream ids.
+        stream_ids: Vec<u64>,
+    },
+    /// A piped producer closed (its origin closed it, or the origin node is gone).
+    PipeProducerClosed { node: NodeId, producer: ProducerId },
+    /// A consumer of a remote (piped) producer was created.
+    PipeConsumerAdded { node: NodeId, producer: ProducerId },
+    /// A consumer of a remote (piped) producer closed.
+    PipeConsumerRemoved { node: NodeId, producer: ProducerId },
+}
+
+/// The worker's output queue plus its internal notes.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    queue: VecDeque<Output>,
+    notes: VecDeque<Note>,
+}
+
+impl Outputs {
+    /// Queues an output for the glue.
+    pub(crate) fn push_back(&mut self, o: Output) {
+        self.queue.push_back(o);
+    }
+    /// Queues a note for the worker.
+    pub(crate) fn note(&mut self, n: Note) {
+        self.notes.push_back(n);
+    }
 }
 
 macro_rules! counters {
@@ -122,6 +180,12 @@ counters! {
     rtp_sent: "RTP packets sent to consumers.",
     dtls_failures: "DTLS handshakes that failed.",
     requests_failed: "Signaling requests answered with an error.",
+    pipe_rtp_sent: "RTP packets sent into pipes (one per packet per subscribed node).",
+    pipe_rtp_received: "RTP packets received from pipes.",
+    pipe_rtp_retransmitted: "RTP packets resent into pipes on a far node's NACK.",
+    pipe_unknown_stream: "Pipe datagrams naming no stream subscribed (late or stray).",
+    pipe_malformed: "Pipe datagrams or RTCP in them that did not parse.",
+    pipe_control_refused: "Pipe control messages refused (unknown room, producer or request).",
 }
 
 /// Error answer to a signaling request: protoo `errorCode` and `errorReason`.
@@ -146,12 +210,16 @@ pub struct Worker {
     transports: HashMap<TransportId, Transport>,
     by_ufrag: HashMap<String, TransportId>,
     by_tuple: HashMap<Tuple, TransportId>,
-    outputs: VecDeque<Output>,
+    outputs: Outputs,
     counters: Arc<WorkerCounters>,
     scratch: Vec<u8>,
     /// Instant and NTP time (RFC 3550 format) of one moment, given by the glue; when absent
     /// the NTP timeline starts at 0 on first use (consistent, which is all reports need).
     ntp_origin: Option<(Instant, u64)>,
+    /// Where remote peers and producers are learnt (a no-op on a single node).
+    directory: Box<dyn RoomDirectory + Send>,
+    /// Pipe subscriptions and streams (empty on a single node).
+    pipes: pipe::Pipes,
     /// Earliest timer as of the last [`Worker::handle_timeout`], and when that ran.
     next_deadline: Option<Instant>,
     last_timeout: Option<Instant>,
@@ -177,10 +245,12 @@ impl Worker {
             transports: HashMap::new(),
             by_ufrag: HashMap::new(),
             by_tuple: HashMap::new(),
-            outputs: VecDeque::new(),
+            outputs: Outputs::default(),
             counters: Arc::new(WorkerCounters::default()),
             scratch: Vec::with_capacity(1500),
             ntp_origin: None,
+            directory: Box::new(LocalDirectory::new()),
+            pipes: pipe::Pipes::default(),
             next_deadline: None,
             last_timeout: None,
         }
@@ -203,7 +273,7 @@ impl Worker {
 
     /// Next output for the glue.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        self.outputs.queue.pop_front()
     }
 
     /// When [`Worker::handle_timeout`] should run next: the earliest timer known at its last
@@ -211,14 +281,15 @@ impl Worker {
     /// (packets handled since may have created earlier timers). Cheap: the glue calls it after
     /// every input, so it must not scan every transport and consumer.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let pipes = self.pipes.poll_timeout();
         if self.transports.is_empty() && self.rooms.is_empty() {
-            return None;
+            return pipes;
         }
         let tick = self.last_timeout.map(|t| t + WORKER_TICK);
-        match (self.next_deadline, tick) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.next_deadline, tick, pipes]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The earliest timer of every transport and room (a full scan).
@@ -244,7 +315,7 @@ impl Worker {
     /// closed and the peer replaced, as mediasoup-demo does.
     pub fn handle_session_open(
         &mut self,
-        _now: Instant,
+        now: Instant,
         session: SessionId,
         room_id: RoomId,
         peer_id: PeerId,
@@ -263,6 +334,11 @@ impl Worker {
             self.sessions.remove(&old);
             self.remove_peer(&room_id, &peer_id);
         }
+        if !self.rooms.contains_key(&room_id) {
+            if let Err(e) = self.directory.watch_room(&room_id) {
+                tracing::warn!(room = %room_id, error = %e, "room not followed on other nodes");
+            }
+        }
         let room = self
             .rooms
             .entry(room_id.clone())
@@ -277,13 +353,15 @@ impl Worker {
         }
         room.add_peer(peer_id.clone(), session);
         self.sessions.insert(session, (room_id, peer_id));
+        self.settle(now);
     }
 
     /// A signaling session ended: the peer leaves its room.
-    pub fn handle_session_closed(&mut self, _now: Instant, session: SessionId) {
+    pub fn handle_session_closed(&mut self, now: Instant, session: SessionId) {
         if let Some((room, peer)) = self.sessions.remove(&session) {
             self.remove_peer(&room, &peer);
         }
+        self.settle(now);
     }
 
     /// Removes a peer with its transports, producers and consumers; tells the others.
@@ -304,6 +382,7 @@ impl Worker {
         };
         room.peers.remove(peer_id);
         if joined {
+            self.directory.local_peer_left(room_id, peer_id);
             for other in room.peers.values().filter(|p| p.joined) {
                 self.outputs.push_back(Output::ToPeer {
                     session: other.session,
@@ -317,6 +396,7 @@ impl Worker {
         if room.peers.is_empty() {
             tracing::info!(room = %room_id, "last peer left; closing room");
             self.rooms.remove(room_id);
+            self.pipe_room_closed(room_id);
         }
     }
 
@@ -380,6 +460,7 @@ impl Worker {
         } else {
             room.close_consumer(consumer, false, &mut self.outputs, &mut self.transports);
         }
+        self.settle(now);
     }
 
     /// Handles one typed signaling request.
@@ -390,6 +471,7 @@ impl Worker {
         req: ClientRequest,
     ) -> Result<Value, RequestFailure> {
         let r = self.dispatch(now, session, req);
+        self.settle(now);
         if r.is_err() {
             self.counters
                 .requests_failed
@@ -477,7 +559,8 @@ impl Worker {
             .rooms
             .get_mut(room_id)
             .ok_or_else(|| not_found("room", room_id.as_str()))?;
-        room.join(
+        let info = pipe::peer_info(peer_id, &j.display_name, &j.device);
+        let mut answer = room.join(
             now,
             peer_id,
             j.display_name,
@@ -486,7 +569,17 @@ impl Worker {
             &mut self.rng,
             &mut self.outputs,
             &mut self.transports,
-        )
+        )?;
+        // Rooms are global: the peers of this room on other nodes too.
+        if let Some(Value::Array(peers)) = answer.get_mut("peers") {
+            for (_, p) in self.directory.remote_peers(room_id) {
+                peers.push(pipe::remote_peer_json(&p));
+            }
+        }
+        if let Err(e) = self.directory.local_peer_joined(room_id, info) {
+            tracing::warn!(room = %room_id, peer = %peer_id, error = %e, "peer not announced to other nodes");
+        }
+        Ok(answer)
     }
 
     fn create_transport(
@@ -589,7 +682,7 @@ impl Worker {
             .rooms
             .get_mut(room_id)
             .ok_or_else(|| not_found("room", room_id.as_str()))?;
-        room.produce(
+        let answer = room.produce(
             now,
             peer_id,
             transport_id,
@@ -600,12 +693,26 @@ impl Worker {
             &mut self.rng,
             &mut self.outputs,
             &mut self.transports,
-        )
+        )?;
+        let info = answer
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(|id| room.producers.get(id))
+            .map(pipe::producer_info);
+        if let Some(info) = info {
+            if let Err(e) = self.directory.local_producer_added(room_id, peer_id, info) {
+                tracing::warn!(room = %room_id, peer = %peer_id, error = %e, "producer not announced to other nodes");
+            }
+        }
+        Ok(answer)
     }
 
     /// A packet arrived on the shared port (a UDP datagram or one RFC 4571 frame).
     pub fn handle_packet(&mut self, now: Instant, tuple: Tuple, data: &[u8]) {
         media::handle_packet(self, now, tuple, data);
+        if !self.outputs.notes.is_empty() {
+            self.settle(now);
+        }
     }
 
     /// A TCP connection closed: its tuple is gone.
@@ -620,10 +727,16 @@ impl Worker {
                 self.after_ice(now, &id);
             }
         }
+        self.settle(now);
     }
 
     /// An event from a transport's DTLS session.
     pub fn handle_dtls(&mut self, now: Instant, id: &TransportId, ev: DtlsEvent) {
+        self.handle_dtls_inner(now, id, ev);
+        self.settle(now);
+    }
+
+    fn handle_dtls_inner(&mut self, now: Instant, id: &TransportId, ev: DtlsEvent) {
         let Some(t) = self.transports.get_mut(id) else {
             return;
         };
@@ -707,6 +820,8 @@ impl Worker {
         for room in self.rooms.values_mut() {
             room.handle_timeout(now, ntp_origin, &mut self.outputs, &mut self.transports);
         }
+        self.settle(now);
+        self.pipe_timeout(now);
         self.last_timeout = Some(now);
         self.next_deadline = self.earliest_timer();
     }

@@ -1,15 +1,16 @@
 //! A room on this node: mediasoup's Router plus mediasoup-demo's Room logic. It owns peers,
 //! producers, consumers and the producer -> consumers fan-out, and decides who consumes what.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::Instant;
 
 use rand::rngs::StdRng;
 use serde_json::{json, Value};
 
-use super::media::{Consumer, Producer};
-use super::{bad_request, not_found, Output, RequestFailure, Transport};
+use super::media::{Consumer, Producer, Source};
+use super::{bad_request, not_found, Note, Output, Outputs, RequestFailure, Transport};
 use crate::ids::{ConsumerId, PeerId, ProducerId, RoomId, TransportId};
+use crate::pipe::wire::ControlMessage;
 use crate::router::ortc;
 use crate::router::rtp_parameters::{MediaKind, RtpCapabilities, RtpParameters};
 use crate::signaling::protoo::ClientRequest;
@@ -51,7 +52,6 @@ pub struct Room {
     pub consumers: HashMap<ConsumerId, Consumer>,
 }
 
-type Outputs = VecDeque<Output>;
 type Transports = HashMap<TransportId, Transport>;
 
 fn notify(outputs: &mut Outputs, session: SessionId, method: &'static str, data: Value) {
@@ -219,7 +219,7 @@ impl Room {
 
     /// Creates a paused consumer of `producer_id` for `peer_id` on its consuming transport and
     /// sends the `newConsumer` request. Silently skipped when the peer cannot consume it.
-    fn create_consumer(
+    pub(crate) fn create_consumer(
         &mut self,
         now: Instant,
         peer_id: &PeerId,
@@ -281,8 +281,14 @@ impl Room {
             "rtpParameters": consumer.rtp_parameters,
             "type": consumer.kind_label(),
             "appData": producer.app_data,
-            "producerPaused": producer.paused,
+            "producerPaused": producer.effectively_paused(),
         });
+        if let Some(pipe) = producer.pipe() {
+            outputs.note(Note::PipeConsumerAdded {
+                node: pipe.node.clone(),
+                producer: producer.id.clone(),
+            });
+        }
         producer.consumers.push(id.clone());
         transport.consumers.insert(id.clone());
         self.consumers.insert(id.clone(), consumer);
@@ -319,9 +325,22 @@ impl Room {
         let Some(p) = self.producers.remove(id) else {
             return;
         };
-        if let Some(t) = transports.get_mut(&p.transport) {
+        if let Some(t) = p.transport().and_then(|t| transports.get_mut(t)) {
             t.producers.remove(id);
             p.unregister(t);
+        }
+        match &p.source {
+            Source::Transport(_) => outputs.note(Note::LocalProducerClosed {
+                room: self.id.clone(),
+                peer: p.peer.clone(),
+                producer: id.clone(),
+                piped_to: p.piped_to.clone(),
+                stream_ids: p.pipe_stream_ids.clone(),
+            }),
+            Source::Pipe(pipe) => outputs.note(Note::PipeProducerClosed {
+                node: pipe.node.clone(),
+                producer: id.clone(),
+            }),
         }
         for c in p.consumers {
             self.close_consumer(&c, true, outputs, transports);
@@ -345,6 +364,12 @@ impl Room {
         }
         if let Some(p) = self.producers.get_mut(&c.producer) {
             p.consumers.retain(|x| x != id);
+            if let Some(pipe) = p.pipe() {
+                outputs.note(Note::PipeConsumerRemoved {
+                    node: pipe.node.clone(),
+                    producer: p.id.clone(),
+                });
+            }
         }
         if notify_peer {
             if let Some(peer) = self.peers.get(&c.peer) {
@@ -402,12 +427,12 @@ impl Room {
             }
             R::PauseProducer { producer_id } => {
                 let id = self.own_producer(peer_id, &producer_id)?;
-                self.set_producer_paused(now, &id, true, outputs, transports);
+                self.set_producer_pause(now, &id, Some(true), None, outputs, transports);
                 ok()
             }
             R::ResumeProducer { producer_id } => {
                 let id = self.own_producer(peer_id, &producer_id)?;
-                self.set_producer_paused(now, &id, false, outputs, transports);
+                self.set_producer_pause(now, &id, Some(false), None, outputs, transports);
                 ok()
             }
             R::PauseConsumer { consumer_id } => {
@@ -494,21 +519,47 @@ impl Room {
         }
     }
 
-    fn set_producer_paused(
+    /// Sets a producer's own pause (`paused`, its owner's or its origin's) and/or, for a piped
+    /// producer, its link pause. Consumers hear `consumerPaused` / `consumerResumed` when the
+    /// combination changes; a local producer's own pause is also sent to the nodes it is piped
+    /// to.
+    pub(crate) fn set_producer_pause(
         &mut self,
         now: Instant,
         id: &ProducerId,
-        paused: bool,
+        paused: Option<bool>,
+        link_paused: Option<bool>,
         outputs: &mut Outputs,
         transports: &mut Transports,
     ) {
         let Some(p) = self.producers.get_mut(id) else {
             return;
         };
-        if p.paused == paused {
+        let before = p.effectively_paused();
+        if let Some(v) = paused {
+            if p.paused != v && p.pipe().is_none() {
+                for node in &p.piped_to {
+                    let producer_id = p.id.clone();
+                    let msg = if v {
+                        ControlMessage::ProducerPaused { producer_id }
+                    } else {
+                        ControlMessage::ProducerResumed { producer_id }
+                    };
+                    outputs.push_back(Output::PipeControl {
+                        node: node.clone(),
+                        msg,
+                    });
+                }
+            }
+            p.paused = v;
+        }
+        if let Some(v) = link_paused {
+            p.link_paused = v;
+        }
+        let paused = p.effectively_paused();
+        if paused == before {
             return;
         }
-        p.paused = paused;
         let method = if paused {
             "consumerPaused"
         } else {

@@ -389,6 +389,16 @@ pub struct ProducerInfo {
     pub kind: MediaKind,
     /// Whether it is paused at the origin.
     pub paused: bool,
+    /// Its router-side ("consumable") RTP parameters: router payload types and header
+    /// extension ids, one encoding per simulcast stream with the SSRC the pipe carries it
+    /// with. A far node derives its consumers from them, so it can answer `newConsumer` before
+    /// any media is piped. Empty in announcements of builds that did not send it.
+    #[serde(default)]
+    pub rtp_parameters: RtpParameters,
+    /// The producer's `appData` as JSON text, passed through to `newConsumer` unparsed (see
+    /// [`PeerInfo::device`]).
+    #[serde(default)]
+    pub app_data: String,
 }
 
 /// A peer connected to the sending node, as the room directory announces it.

@@ -228,11 +228,18 @@ fn peer(name: &str) -> PeerInfo {
                 producer_id: ProducerId::from("p-audio"),
                 kind: MediaKind::Audio,
                 paused: false,
+                rtp_parameters: Default::default(),
+                app_data: "{}".into(),
             },
             ProducerInfo {
                 producer_id: ProducerId::from("p-video"),
                 kind: MediaKind::Video,
                 paused: true,
+                rtp_parameters: crate::router::rtp_parameters::RtpParameters {
+                    mid: Some("1".into()),
+                    ..Default::default()
+                },
+                app_data: r#"{"share":true}"#.into(),
             },
         ],
     }

@@ -108,7 +108,7 @@ impl Consumer {
             transport: transport.id.clone(),
             producer: producer.id.clone(),
             paused: true,
-            producer_paused: producer.paused,
+            producer_paused: producer.effectively_paused(),
             priority: 1,
             simulcast: n > 1,
             selector: (n > 1).then(|| {

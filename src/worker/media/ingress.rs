@@ -175,8 +175,9 @@ fn learn_ssrc(
     None
 }
 
-/// Producer ingress and fan-out of one decrypted packet held in `pkt`.
-fn forward(
+/// Producer ingress and fan-out of one decrypted packet held in `pkt` (from a client
+/// transport or a pipe).
+pub(in crate::worker) fn forward(
     room: &mut Room,
     transports: &mut Transports,
     outputs: &mut Outputs,
@@ -265,6 +266,9 @@ fn forward(
             ..LayerPacket::default()
         },
     };
+    if !p.piped_to.is_empty() {
+        pipe_out(p, now, encoding, &pkt[..len], outputs, counters);
+    }
     // Borrow the fan-out list out of the producer for the loop (no per-packet allocation).
     let consumers = std::mem::take(&mut p.consumers);
     let mut want_keyframe: Vec<usize> = Vec::new();

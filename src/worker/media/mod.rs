@@ -16,11 +16,11 @@ mod producer;
 mod timers;
 
 pub use consumer::Consumer;
+pub(super) use ingress::forward;
 pub use ingress::handle_packet;
-pub use producer::Producer;
+pub use producer::{PipeSource, Producer, Source};
 pub use timers::room_timeout;
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,8 @@ use super::room::Room;
 use super::{Output, Transport, Worker};
 use crate::edge::demux::{classify, PacketClass};
 use crate::edge::ice::{IceOutcome, Tuple};
-use crate::ids::{ConsumerId, PeerId, ProducerId, TransportId};
+use crate::ids::{ConsumerId, NodeId, PeerId, ProducerId, TransportId};
+use crate::pipe::wire::{datagram_header_len, write_datagram, ControlMessage, DatagramKind};
 use crate::router::keyframe::{self, VideoCodec, Vp8Rewriter};
 use crate::router::ortc;
 use crate::router::rtcp_core::{
@@ -49,7 +50,7 @@ use crate::router::simulcast::{
 use crate::signaling::server::ToPeer;
 use crate::timing::{KEYFRAME_REQUEST_THROTTLE, RTCP_REPORT_INTERVAL};
 
-type Outputs = VecDeque<Output>;
+use super::Outputs;
 type Transports = std::collections::HashMap<TransportId, Transport>;
 
 const URI_MID: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
@@ -114,6 +115,17 @@ pub(super) fn send_keyframe_requests(
     if reqs.is_empty() {
         return;
     }
+    let transport = match &producer.source {
+        Source::Transport(t) => t,
+        Source::Pipe(pipe) => {
+            // A piped producer's keyframe comes from its publisher on the origin node: ask
+            // there (already throttled per encoding here; the origin throttles again).
+            for (ssrc, _, _) in reqs {
+                send_pipe_keyframe_request(producer, pipe, Some(ssrc), outputs);
+            }
+            return;
+        }
+    };
     let mut buf = Vec::with_capacity(64);
     for (ssrc, kind, seq) in reqs {
         match kind {
@@ -121,7 +133,78 @@ pub(super) fn send_keyframe_requests(
             KeyFrameRequestKind::Fir => rtcp_core::write_fir(&mut buf, RTCP_SENDER_SSRC, ssrc, seq),
         }
     }
-    send_rtcp(transports, &producer.transport, &buf, outputs);
+    send_rtcp(transports, transport, &buf, outputs);
+}
+
+/// Sends a KeyFrameRequest for the encoding with `ssrc` (all when `None`) to a piped
+/// producer's origin, if it is subscribed (the resubscription asks for one anyway).
+pub(super) fn send_pipe_keyframe_request(
+    producer: &Producer,
+    pipe: &PipeSource,
+    ssrc: Option<u32>,
+    outputs: &mut Outputs,
+) {
+    if pipe.stream_ids.is_empty() {
+        return;
+    }
+    let encoding = match ssrc {
+        Some(s) => match producer
+            .encoding_of_ssrc(s)
+            .and_then(|e| u8::try_from(e).ok())
+        {
+            Some(e) => Some(e),
+            None => return,
+        },
+        None => None,
+    };
+    outputs.push_back(Output::PipeControl {
+        node: pipe.node.clone(),
+        msg: ControlMessage::KeyFrameRequest {
+            producer_id: producer.id.clone(),
+            encoding,
+        },
+    });
+}
+
+/// Origin side: sends one packet of a producer encoding to every node it is piped to. The
+/// packet (already in router space) gets the encoding's consumable SSRC, which the far node's
+/// pipe producer expects, and is kept for the far nodes' NACKs. One datagram is built and
+/// shared by every link (stream ids are per origin, not per link).
+pub(super) fn pipe_out(
+    p: &mut Producer,
+    now: Instant,
+    encoding: usize,
+    packet: &[u8],
+    outputs: &mut Outputs,
+    counters: &crate::worker::WorkerCounters,
+) {
+    let (Some(&sid), Some(ssrc)) = (p.pipe_stream_ids.get(encoding), p.consumable_ssrc(encoding))
+    else {
+        return;
+    };
+    let Ok(header) = datagram_header_len(sid) else {
+        return;
+    };
+    let mut dg = Vec::with_capacity(header + packet.len());
+    if write_datagram(DatagramKind::Rtp, sid, packet, &mut dg).is_err() {
+        counters.pipe_malformed.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    // The packet parsed as RTP, so it has the 12-byte fixed header.
+    if let Some(s) = dg.get_mut(header + 8..header + 12) {
+        s.copy_from_slice(&ssrc.to_be_bytes());
+    }
+    if let (Some(buf), Some(seq)) = (p.pipe_buffers.get_mut(encoding), packet.get(2..4)) {
+        let _ = buf.insert(now, u16::from_be_bytes([seq[0], seq[1]]), &dg[header..]);
+    }
+    let data = bytes::Bytes::from(dg);
+    for node in &p.piped_to {
+        counters.pipe_rtp_sent.fetch_add(1, Ordering::Relaxed);
+        outputs.push_back(Output::PipeDatagram {
+            node: node.clone(),
+            data: data.clone(),
+        });
+    }
 }
 
 /// Encrypts and sends an RTCP compound packet on a transport's selected tuple.

@@ -12,14 +12,34 @@ pub(super) struct ProducerStream {
     pub(super) last_packet: Option<Instant>,
 }
 
+/// Where a producer's media comes from.
+#[derive(Debug)]
+pub enum Source {
+    /// A client transport on this node (a local producer).
+    Transport(TransportId),
+    /// A pipe from the producer's origin node (mediasoup's pipe producer).
+    Pipe(PipeSource),
+}
+
+/// The far side of a piped producer.
+#[derive(Debug)]
+pub struct PipeSource {
+    /// The origin node.
+    pub node: NodeId,
+    /// Pipe stream id of each encoding, once subscribed (empty otherwise).
+    pub stream_ids: Vec<u64>,
+    /// Scores of each encoding as the origin measures them.
+    pub scores: Vec<u8>,
+}
+
 /// A producer: media a client sends.
 pub struct Producer {
     /// Id (kept across nodes when piped).
     pub id: ProducerId,
     /// Owning peer.
     pub peer: PeerId,
-    /// Transport it arrives on.
-    pub transport: TransportId,
+    /// Where its media arrives from.
+    pub source: Source,
     /// audio or video.
     pub kind: MediaKind,
     /// As signaled by the client.
@@ -30,8 +50,16 @@ pub struct Producer {
     pub app_data: Value,
     /// Paused by its owner.
     pub paused: bool,
+    /// A piped producer whose link is down: its consumers are paused until it returns.
+    pub link_paused: bool,
     /// Consumers of this producer (the fan-out).
     pub consumers: Vec<ConsumerId>,
+    /// Origin side: nodes this producer is piped to (one copy each).
+    pub piped_to: Vec<NodeId>,
+    /// Origin side: pipe stream id of each encoding, assigned at the first subscription.
+    pub(crate) pipe_stream_ids: Vec<u64>,
+    /// Origin side: each encoding's packets as piped, for far nodes' NACKs.
+    pub(crate) pipe_buffers: Vec<RetransmissionBuffer>,
     pub(super) streams: Vec<ProducerStream>,
     /// Producer payload type -> router payload type (0xFF: unknown).
     pub(super) pt_map: [u8; 128],
@@ -167,7 +195,11 @@ impl Producer {
         Ok(Self {
             id,
             peer,
-            transport: transport.id.clone(),
+            source: Source::Transport(transport.id.clone()),
+            link_paused: false,
+            piped_to: Vec::new(),
+            pipe_stream_ids: Vec::new(),
+            pipe_buffers: Vec::new(),
             kind,
             clock_rate: media.clock_rate,
             rtp_parameters: params,
@@ -191,8 +223,113 @@ impl Producer {
         })
     }
 
+    /// A pipe producer: the far-node image of `id`, a producer on `node`, created from the
+    /// router-side parameters the origin announced. Packets arrive from the pipe already in
+    /// router space (router payload types and header extension ids, RTX repaired), with each
+    /// encoding's consumable SSRC, so the maps are identities.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_pipe(
+        now: Instant,
+        id: ProducerId,
+        peer: PeerId,
+        node: NodeId,
+        kind: MediaKind,
+        consumable: RtpParameters,
+        app_data: Value,
+        paused: bool,
+    ) -> Result<Self, String> {
+        /// More encodings than any simulcast sender uses; bounds what a peer node can make us
+        /// allocate.
+        const MAX_ENCODINGS: usize = 8;
+        if consumable.encodings.is_empty() || consumable.encodings.len() > MAX_ENCODINGS {
+            return Err(format!(
+                "{} encodings (1..={MAX_ENCODINGS} expected)",
+                consumable.encodings.len()
+            ));
+        }
+        let mut ssrcs = Vec::with_capacity(consumable.encodings.len());
+        for e in &consumable.encodings {
+            match e.ssrc {
+                Some(s) if !ssrcs.contains(&s) => ssrcs.push(s),
+                _ => return Err("every encoding needs its own ssrc".into()),
+            }
+        }
+        let media = consumable
+            .codecs
+            .iter()
+            .find(|c| !c.is_rtx())
+            .ok_or("no media codec")?;
+        let codec = Codec::from_mime_type(&media.mime_type).ok_or("unknown codec")?;
+        if codec_kind(codec) != Some(kind) {
+            return Err(format!(
+                "codec {} does not match kind {}",
+                media.mime_type,
+                kind.as_str()
+            ));
+        }
+        let mut pt_map = [0xFFu8; 128];
+        for c in consumable.codecs.iter().filter(|c| !c.is_rtx()) {
+            if let Some(slot) = pt_map.get_mut(c.payload_type as usize) {
+                *slot = c.payload_type;
+            }
+        }
+        let mut ext_map = [0u8; 256];
+        for e in &consumable.header_extensions {
+            ext_map[e.id as usize] = e.id;
+        }
+        let streams = ssrcs
+            .iter()
+            .map(|&ssrc| ProducerStream {
+                ssrc: Some(ssrc),
+                rid: None,
+                rtx_ssrc: None,
+                stats: ReceiveStats::new(),
+                nack: NackGenerator::new(NackConfig::default()),
+                last_packet: None,
+            })
+            .collect();
+        Ok(Self {
+            id,
+            peer,
+            source: Source::Pipe(PipeSource {
+                node,
+                stream_ids: Vec::new(),
+                scores: Vec::new(),
+            }),
+            link_paused: false,
+            piped_to: Vec::new(),
+            pipe_stream_ids: Vec::new(),
+            pipe_buffers: Vec::new(),
+            kind,
+            clock_rate: media.clock_rate,
+            rtp_parameters: consumable.clone(),
+            consumable,
+            app_data,
+            paused,
+            consumers: Vec::new(),
+            streams,
+            pt_map,
+            rtx_apt: [0xFF; 128],
+            ext_map,
+            video_codec: match codec {
+                Codec::Vp8 => Some(VideoCodec::Vp8),
+                Codec::Vp9 => Some(VideoCodec::Vp9),
+                Codec::H264 => Some(VideoCodec::H264),
+                _ => None,
+            },
+            keyframes: KeyFrameRequestManager::new(KEYFRAME_REQUEST_THROTTLE),
+            next_report: now + RTCP_REPORT_INTERVAL,
+            last_scores: Vec::new(),
+        })
+    }
+
     /// Per-encoding scores (0..=10) from reception statistics; 0 for a silent encoding.
     pub fn scores(&self, now: Instant) -> Vec<u8> {
+        if let Source::Pipe(p) = &self.source {
+            return (0..self.streams.len())
+                .map(|i| p.scores.get(i).copied().unwrap_or(0))
+                .collect();
+        }
         self.streams
             .iter()
             .map(|s| match s.last_packet {
@@ -214,6 +351,42 @@ impl Producer {
                 .map(|(i, (s, score))| json!({"encodingIdx": i, "ssrc": s.ssrc, "rid": s.rid, "score": score}))
                 .collect(),
         )
+    }
+
+    /// The transport of a local producer.
+    pub fn transport(&self) -> Option<&TransportId> {
+        match &self.source {
+            Source::Transport(t) => Some(t),
+            Source::Pipe(_) => None,
+        }
+    }
+
+    /// The origin of a piped producer.
+    pub fn pipe(&self) -> Option<&PipeSource> {
+        match &self.source {
+            Source::Pipe(p) => Some(p),
+            Source::Transport(_) => None,
+        }
+    }
+
+    /// Paused at the origin or cut off by a broken link: consumers receive nothing.
+    pub fn effectively_paused(&self) -> bool {
+        self.paused || self.link_paused
+    }
+
+    /// Number of encodings (streams) it receives.
+    pub fn streams_len(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Index of the encoding whose stream has `ssrc`.
+    pub fn encoding_of_ssrc(&self, ssrc: u32) -> Option<usize> {
+        self.streams.iter().position(|s| s.ssrc == Some(ssrc))
+    }
+
+    /// The SSRC of each encoding in the router-side parameters (what pipes carry).
+    pub(crate) fn consumable_ssrc(&self, encoding: usize) -> Option<u32> {
+        self.consumable.encodings.get(encoding).and_then(|e| e.ssrc)
     }
 
     /// Removes this producer's SSRCs from its transport.

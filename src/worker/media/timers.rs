@@ -16,9 +16,14 @@ pub fn room_timeout(
     let mut reported = false;
     for p in room.producers.values_mut() {
         buf.clear();
+        if let Source::Pipe(_) = p.source {
+            reported |= pipe_producer_timeout(p, now, &mut seqs, outputs);
+            continue;
+        }
         // NACKs for missing packets.
         for s in p.streams.iter_mut() {
             let Some(ssrc) = s.ssrc else { continue };
+            seqs.clear();
             s.nack.poll_nacks(now, None, &mut seqs);
             // Bounded so one compound packet stays well under the MTU.
             for chunk in seqs.chunks(64) {
@@ -52,10 +57,10 @@ pub fn room_timeout(
             rr.extend_from_slice(&buf);
             buf = rr;
         }
-        if !buf.is_empty() {
+        if let (false, Some(t)) = (buf.is_empty(), p.transport()) {
             // A compound packet must begin with a report (RFC 3550 6.1); reduced-size RTCP
             // (RFC 5506, negotiated by WebRTC) allows feedback alone.
-            send_rtcp(transports, &p.transport, &buf, outputs);
+            send_rtcp(transports, t, &buf, outputs);
         }
     }
     // Scores move with RTCP reports: evaluate them on the same cadence.
@@ -78,6 +83,51 @@ pub fn room_timeout(
             send_rtcp(transports, &c.transport, &buf, outputs);
         }
     }
+}
+
+/// Periodic work of a piped producer (far side): NACKs go back over the pipe as RTCP
+/// datagrams on the encoding's stream, held keyframe requests as control messages. Receiver
+/// reports are not sent: the origin measures its publisher itself. Returns whether scores are
+/// due for evaluation.
+fn pipe_producer_timeout(
+    p: &mut Producer,
+    now: Instant,
+    seqs: &mut Vec<u16>,
+    outputs: &mut Outputs,
+) -> bool {
+    let Source::Pipe(pipe) = &p.source else {
+        return false;
+    };
+    for (i, s) in p.streams.iter_mut().enumerate() {
+        let Some(ssrc) = s.ssrc else { continue };
+        seqs.clear();
+        s.nack.poll_nacks(now, None, seqs);
+        let Some(&sid) = pipe.stream_ids.get(i) else {
+            continue;
+        };
+        if seqs.is_empty() {
+            continue;
+        }
+        let mut rtcp = Vec::with_capacity(64);
+        for chunk in seqs.chunks(64) {
+            rtcp_core::write_nack(&mut rtcp, RTCP_SENDER_SSRC, ssrc, chunk);
+        }
+        let mut dg = Vec::with_capacity(rtcp.len() + 9);
+        if write_datagram(DatagramKind::RtcpFromFar, sid, &rtcp, &mut dg).is_ok() {
+            outputs.push_back(Output::PipeDatagram {
+                node: pipe.node.clone(),
+                data: dg.into(),
+            });
+        }
+    }
+    while let Some(r) = p.keyframes.poll_request(now) {
+        send_pipe_keyframe_request(p, pipe, Some(r.media_ssrc), outputs);
+    }
+    if now >= p.next_report {
+        p.next_report = now + RTCP_REPORT_INTERVAL;
+        return true;
+    }
+    false
 }
 
 /// Runs simulcast selectors' timers (layer inactivity, keyframe request retries).
@@ -137,6 +187,15 @@ fn notify_scores(room: &mut Room, now: Instant, outputs: &mut Outputs) {
         let scores = p.scores(now);
         let changed = scores != p.last_scores;
         if changed {
+            for node in &p.piped_to {
+                outputs.push_back(Output::PipeControl {
+                    node: node.clone(),
+                    msg: ControlMessage::ProducerScore {
+                        producer_id: p.id.clone(),
+                        scores: scores.clone(),
+                    },
+                });
+            }
             if let Some(peer) = peers.get(&p.peer) {
                 outputs.push_back(Output::ToPeer {
                     session: peer.session,

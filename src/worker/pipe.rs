@@ -1,0 +1,989 @@
+//! Pipes in the worker: the origin side (a remote node subscribes to a local producer: its
+//! packets go into the pipe, once per node, and far NACKs and keyframe requests come back) and
+//! the far side (a remote producer appears in the room directory: a pipe producer with the same
+//! id stands for it, local peers consume it, and [`Subscriptions`] decide when its media is
+//! piped here).
+//!
+//! Everything here is still sans-IO: pipe events are inputs (`handle_pipe_*`), what goes on
+//! the links is [`Output::PipeControl`] and [`Output::PipeDatagram`].
+//!
+//! Failure handling: when a link drops, the far side's consumers are paused (their peers hear
+//! `consumerPaused`), subscriptions are re-established when it returns (consumers resume, a
+//! keyframe is requested); consumers waiting longer than the grace period are closed
+//! (`consumerClosed`), and a node down for the grace period is dropped from the directory (its
+//! peers leave: `peerClosed`). When it comes back, its peers and producers are announced again.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::media::{forward, send_keyframe_requests, send_pipe_keyframe_request, StreamRef};
+use super::media::{Producer, Source};
+use super::{Note, Output, Worker};
+use crate::discovery::directory::DirectoryEvent;
+use crate::ids::{NodeId, PeerId, ProducerId, RoomId};
+use crate::pipe::link::{
+    CloseReason, RequestId, SubAction, SubError, SubState, SubscriptionConfig, Subscriptions,
+};
+use crate::pipe::wire::{
+    parse_datagram, write_datagram, ControlMessage, DatagramKind, PeerInfo, ProducerInfo,
+};
+use crate::router::rtcp_core::{parse_compound, RtcpItem};
+use crate::router::rtp_parameters::MediaKind;
+use crate::router::rtx::{RetransmissionBuffer, RetransmissionConfig};
+use crate::router::seq::RtpView;
+
+/// Pipe state of a worker. Empty (and never consulted) on a single node.
+#[derive(Default)]
+pub(super) struct Pipes {
+    /// Subscription settings (grace period from the node configuration).
+    sub_config: SubscriptionConfig,
+    /// Far side: subscriptions to each remote node's producers.
+    links: HashMap<NodeId, Subscriptions>,
+    /// Nodes whose link is up.
+    up: HashSet<NodeId>,
+    /// Nodes whose link is down, and since when (dropped from the directory after grace).
+    down_since: HashMap<NodeId, Instant>,
+    /// Far side: (origin, stream id) -> the pipe producer encoding its packets feed.
+    inbound: HashMap<(NodeId, u64), (RoomId, ProducerId, usize)>,
+    /// Far side: pipe producer -> its room and origin node.
+    remote: HashMap<ProducerId, (RoomId, NodeId)>,
+    /// Origin side: stream id -> the local producer encoding it carries.
+    outbound: HashMap<u64, (RoomId, ProducerId, usize)>,
+    next_stream_id: u64,
+    /// Earliest pipe timer, as of the last change.
+    deadline: Option<Instant>,
+}
+
+impl Pipes {
+    /// Pipe state with this grace period for consumers without media.
+    pub(super) fn new(grace: Duration) -> Self {
+        Self {
+            sub_config: SubscriptionConfig {
+                grace_period: grace,
+                ..SubscriptionConfig::default()
+            },
+            ..Self::default()
+        }
+    }
+
+    /// Earliest pipe timer (cached; refreshed after every change).
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    fn compute_deadline(&self) -> Option<Instant> {
+        let subs = self.links.values().filter_map(|s| s.poll_timeout()).min();
+        let gone = self
+            .down_since
+            .values()
+            .map(|t| *t + self.sub_config.grace_period)
+            .min();
+        match (subs, gone) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn link(&mut self, now: Instant, node: &NodeId) -> &mut Subscriptions {
+        let up = self.up.contains(node);
+        let config = self.sub_config.clone();
+        self.links.entry(node.clone()).or_insert_with(|| {
+            // The configuration is validated when the worker enables pipes.
+            let mut s = Subscriptions::new(config).unwrap_or_else(|_| {
+                Subscriptions::new(SubscriptionConfig::default()).expect("default config is valid")
+            });
+            if up {
+                s.on_link_up(now);
+            }
+            s
+        })
+    }
+}
+
+/// A local peer as the directory announces it.
+pub(super) fn peer_info(id: &PeerId, display_name: &str, device: &Value) -> PeerInfo {
+    PeerInfo {
+        peer_id: id.clone(),
+        display_name: display_name.to_owned(),
+        device: device.to_string(),
+        producers: Vec::new(),
+    }
+}
+
+/// A local producer as the directory announces it.
+pub(super) fn producer_info(p: &Producer) -> ProducerInfo {
+    ProducerInfo {
+        producer_id: p.id.clone(),
+        kind: p.kind,
+        paused: p.paused,
+        rtp_parameters: p.consumable.clone(),
+        app_data: p.app_data.to_string(),
+    }
+}
+
+/// The `join` / `newPeer` description of a remote peer.
+pub(super) fn remote_peer_json(p: &PeerInfo) -> Value {
+    let device: Value = serde_json::from_str(&p.device).unwrap_or(Value::Null);
+    json!({"id": p.peer_id, "displayName": p.display_name, "device": device})
+}
+
+impl Worker {
+    /// Turns this worker into a cluster member: `directory` tells it about remote peers and
+    /// producers, consumers of remote producers wait at most `grace` for a broken link.
+    pub fn enable_pipes(
+        &mut self,
+        directory: Box<dyn crate::discovery::directory::RoomDirectory + Send>,
+        grace: Duration,
+    ) {
+        self.directory = directory;
+        self.pipes = Pipes::new(grace.max(Duration::from_millis(1)));
+    }
+
+    /// The pipe link to `node` is up (handshake done).
+    pub fn handle_pipe_link_up(&mut self, now: Instant, node: &NodeId) {
+        tracing::info!(%node, "pipe link up");
+        self.pipes.up.insert(node.clone());
+        self.pipes.down_since.remove(node);
+        self.directory.link_up(node);
+        if let Some(s) = self.pipes.links.get_mut(node) {
+            s.on_link_up(now);
+        }
+        self.reoffer_remote_producers(now, node);
+        self.settle(now);
+    }
+
+    /// The pipe link to `node` went down.
+    pub fn handle_pipe_link_down(&mut self, now: Instant, node: &NodeId) {
+        tracing::info!(%node, "pipe link down");
+        if self.pipes.up.remove(node) {
+            self.pipes.down_since.insert(node.clone(), now);
+        }
+        self.directory.link_down(node);
+        if let Some(s) = self.pipes.links.get_mut(node) {
+            s.on_link_down(now);
+        }
+        // Origin side: the far node's subscriptions died with the connection.
+        for room in self.rooms.values_mut() {
+            for p in room.producers.values_mut() {
+                if p.piped_to.iter().any(|n| n == node) {
+                    p.piped_to.retain(|n| n != node);
+                    if p.piped_to.is_empty() {
+                        p.pipe_buffers.clear();
+                    }
+                }
+            }
+        }
+        // Far side: nothing arrives on the old streams any more.
+        self.pipes.inbound.retain(|(n, _), _| n != node);
+        for (pid, (room, origin)) in &self.pipes.remote {
+            if origin != node {
+                continue;
+            }
+            if let Some(Source::Pipe(pipe)) = self
+                .rooms
+                .get_mut(room)
+                .and_then(|r| r.producers.get_mut(pid))
+                .map(|p| &mut p.source)
+            {
+                pipe.stream_ids.clear();
+            }
+        }
+        self.settle(now);
+    }
+
+    /// A control message from `node`.
+    pub fn handle_pipe_control(&mut self, now: Instant, node: &NodeId, msg: ControlMessage) {
+        use ControlMessage as M;
+        match msg {
+            M::RoomWatch { .. }
+            | M::RoomUnwatch { .. }
+            | M::RoomPeers { .. }
+            | M::PeerJoined { .. }
+            | M::PeerLeft { .. }
+            | M::ProducerAdded { .. }
+            | M::ProducerRemoved { .. } => self.directory.apply_remote(node, &msg),
+            M::Subscribe {
+                request_id,
+                room_id,
+                producer_id,
+            } => self.origin_subscribe(now, node, request_id, &room_id, &producer_id),
+            M::Unsubscribe { producer_id } => {
+                if let Some(p) = self.local_producer_mut(&producer_id) {
+                    p.piped_to.retain(|n| n != node);
+                    if p.piped_to.is_empty() {
+                        p.pipe_buffers.clear();
+                    }
+                }
+            }
+            M::KeyFrameRequest {
+                producer_id,
+                encoding,
+            } => {
+                let Some(room) = self.rooms.values_mut().find(|r| {
+                    r.producers
+                        .get(&producer_id)
+                        .is_some_and(|p| p.pipe().is_none() && p.piped_to.contains(node))
+                }) else {
+                    self.refused("KeyFrameRequest for a producer not piped there");
+                    return;
+                };
+                if let Some(p) = room.producers.get_mut(&producer_id) {
+                    let reqs = p.request_keyframe(now, encoding.map(usize::from));
+                    send_keyframe_requests(p, reqs, &mut self.outputs, &mut self.transports);
+                }
+            }
+            M::Subscribed {
+                request_id,
+                producer_id,
+                stream_ids,
+                paused,
+                scores,
+                ..
+            } => self.far_subscribed(
+                now,
+                node,
+                request_id,
+                &producer_id,
+                stream_ids,
+                paused,
+                scores,
+            ),
+            M::SubscribeFailed {
+                request_id,
+                producer_id,
+                reason,
+            } => {
+                tracing::info!(%node, producer = %producer_id, %reason, "subscription refused by origin");
+                if let Some(s) = self.pipes.links.get_mut(node) {
+                    let _ = s.on_subscribe_failed(now, RequestId(request_id), reason);
+                }
+            }
+            M::ProducerPaused { producer_id } => self.remote_pause(now, node, &producer_id, true),
+            M::ProducerResumed { producer_id } => self.remote_pause(now, node, &producer_id, false),
+            M::ProducerClosed { producer_id } => {
+                if let Some(room) = self.remote_room(&producer_id, node) {
+                    self.close_pipe_producer(&room, &producer_id);
+                }
+            }
+            M::ProducerScore {
+                producer_id,
+                scores,
+            } => {
+                let Some(room) = self.remote_room(&producer_id, node) else {
+                    return;
+                };
+                if let Some(p) = self
+                    .rooms
+                    .get_mut(&room)
+                    .and_then(|r| r.producers.get_mut(&producer_id))
+                {
+                    let n = p.streams_len();
+                    if let Source::Pipe(pipe) = &mut p.source {
+                        pipe.scores = scores.into_iter().take(n).map(|s| s.min(10)).collect();
+                    }
+                }
+            }
+            M::Ping { nonce } => self.outputs.push_back(Output::PipeControl {
+                node: node.clone(),
+                msg: M::Pong { nonce },
+            }),
+            M::Pong { .. }
+            | M::Hello(_)
+            | M::HelloAck { .. }
+            | M::Refuse { .. }
+            | M::Goodbye { .. } => {}
+        }
+        self.settle(now);
+    }
+
+    /// A datagram from `node` (pipe header included).
+    pub fn handle_pipe_datagram(&mut self, now: Instant, node: &NodeId, data: &[u8]) {
+        let dg = match parse_datagram(data) {
+            Ok(d) => d,
+            Err(_) => {
+                self.counters.pipe_malformed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        match dg.kind {
+            DatagramKind::Rtp => {
+                let key = (node.clone(), dg.stream_id);
+                let Some((room_id, producer, encoding)) = self.pipes.inbound.get(&key) else {
+                    self.counters
+                        .pipe_unknown_stream
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                if RtpView::parse(dg.packet).is_err() {
+                    self.counters.pipe_malformed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                self.counters
+                    .pipe_rtp_received
+                    .fetch_add(1, Ordering::Relaxed);
+                let sref = StreamRef {
+                    producer: producer.clone(),
+                    encoding: *encoding,
+                    rtx: false,
+                };
+                let Worker {
+                    rooms,
+                    transports,
+                    outputs,
+                    counters,
+                    scratch,
+                    ..
+                } = self;
+                let Some(room) = rooms.get_mut(room_id) else {
+                    return;
+                };
+                scratch.clear();
+                scratch.extend_from_slice(dg.packet);
+                forward(room, transports, outputs, counters, now, &sref, scratch);
+            }
+            DatagramKind::RtcpFromFar => self.origin_rtcp(now, node, dg.stream_id, dg.packet),
+            // Sender reports are not piped (consumers report from their own send statistics);
+            // probes only count.
+            DatagramKind::RtcpFromOrigin | DatagramKind::Probe => {}
+        }
+    }
+
+    /// Far feedback about a piped stream: NACKs are answered from the origin's copy of what it
+    /// piped; other RTCP is ignored (the far node reports to its own consumers' clients).
+    fn origin_rtcp(&mut self, now: Instant, node: &NodeId, stream_id: u64, packet: &[u8]) {
+        let Some((room_id, pid, encoding)) = self.pipes.outbound.get(&stream_id).cloned() else {
+            self.counters
+                .pipe_unknown_stream
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Ok(items) = parse_compound(packet) else {
+            self.counters.pipe_malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Some(p) = self
+            .rooms
+            .get_mut(&room_id)
+            .and_then(|r| r.producers.get_mut(&pid))
+            .filter(|p| p.piped_to.contains(node))
+        else {
+            return;
+        };
+        let Some(buf) = p.pipe_buffers.get_mut(encoding) else {
+            return;
+        };
+        let mut resend = Vec::new();
+        let mut out = Vec::with_capacity(1500);
+        for item in items {
+            let RtcpItem::Nack { items, .. } = item else {
+                continue;
+            };
+            buf.handle_nack(now, items.pairs(), &mut resend);
+            for seq in resend.iter().copied() {
+                let Some(pkt) = buf.get(now, seq) else {
+                    continue;
+                };
+                out.clear();
+                if write_datagram(DatagramKind::Rtp, stream_id, pkt, &mut out).is_ok() {
+                    self.counters
+                        .pipe_rtp_retransmitted
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.outputs.push_back(Output::PipeDatagram {
+                        node: node.clone(),
+                        data: bytes::Bytes::copy_from_slice(&out),
+                    });
+                }
+            }
+        }
+    }
+
+    /// A node subscribes to a local producer: it is piped there from now on (every encoding,
+    /// one copy), and told the stream ids, parameters, pause state and scores.
+    fn origin_subscribe(
+        &mut self,
+        now: Instant,
+        node: &NodeId,
+        request_id: u64,
+        room_id: &RoomId,
+        producer_id: &ProducerId,
+    ) {
+        let producer = self
+            .rooms
+            .get_mut(room_id)
+            .and_then(|r| r.producers.get_mut(producer_id))
+            .filter(|p| p.pipe().is_none());
+        let Some(p) = producer else {
+            self.refused("Subscribe to an unknown producer");
+            self.outputs.push_back(Output::PipeControl {
+                node: node.clone(),
+                msg: ControlMessage::SubscribeFailed {
+                    request_id,
+                    producer_id: producer_id.clone(),
+                    reason: format!("no producer {producer_id} in room {room_id} on this node"),
+                },
+            });
+            return;
+        };
+        if p.pipe_stream_ids.is_empty() {
+            for i in 0..p.streams_len() {
+                self.pipes.next_stream_id += 1;
+                let sid = self.pipes.next_stream_id;
+                p.pipe_stream_ids.push(sid);
+                self.pipes
+                    .outbound
+                    .insert(sid, (room_id.clone(), producer_id.clone(), i));
+            }
+        }
+        if p.pipe_buffers.is_empty() {
+            let capacity = if p.kind == MediaKind::Video { 512 } else { 64 };
+            p.pipe_buffers = (0..p.streams_len())
+                .map(|_| {
+                    RetransmissionBuffer::new(RetransmissionConfig {
+                        capacity,
+                        ..RetransmissionConfig::default()
+                    })
+                })
+                .collect();
+        }
+        if !p.piped_to.contains(node) {
+            p.piped_to.push(node.clone());
+        }
+        tracing::debug!(%node, producer = %producer_id, "producer piped");
+        self.outputs.push_back(Output::PipeControl {
+            node: node.clone(),
+            msg: ControlMessage::Subscribed {
+                request_id,
+                producer_id: producer_id.clone(),
+                stream_ids: p.pipe_stream_ids.clone(),
+                kind: p.kind,
+                rtp_parameters: p.consumable.clone(),
+                paused: p.paused,
+                scores: p.scores(now),
+            },
+        });
+    }
+
+    /// The origin answered our Subscribe: the pipe producer's streams are now fed.
+    #[allow(clippy::too_many_arguments)]
+    fn far_subscribed(
+        &mut self,
+        now: Instant,
+        node: &NodeId,
+        request_id: u64,
+        producer_id: &ProducerId,
+        stream_ids: Vec<u64>,
+        paused: bool,
+        scores: Vec<u8>,
+    ) {
+        let request = RequestId(request_id);
+        let room_id = self.remote_room(producer_id, node);
+        let encodings = room_id
+            .as_ref()
+            .and_then(|r| self.rooms.get(r))
+            .and_then(|r| r.producers.get(producer_id))
+            .map(|p| p.streams_len());
+        let ids32: Option<Vec<u32>> = stream_ids.iter().map(|&s| u32::try_from(s).ok()).collect();
+        let mut distinct = stream_ids.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let Some(subs) = self.pipes.links.get_mut(node) else {
+            return;
+        };
+        let (Some(room_id), Some(n), Some(ids32)) = (room_id, encodings, ids32) else {
+            // Unknown here (closed meanwhile): the answer is stale; Unsubscribe follows.
+            let _ = subs.on_subscribed(now, request, producer_id, Vec::new());
+            return;
+        };
+        if stream_ids.len() != n || distinct.len() != n {
+            self.counters
+                .pipe_control_refused
+                .fetch_add(1, Ordering::Relaxed);
+            let _ = subs.on_subscribe_failed(
+                now,
+                request,
+                format!(
+                    "origin sent {} stream ids for {n} encodings",
+                    stream_ids.len()
+                ),
+            );
+            return;
+        }
+        if let Err(e) = subs.on_subscribed(now, request, producer_id, ids32) {
+            tracing::debug!(%node, producer = %producer_id, error = %e, "Subscribed ignored");
+            return;
+        }
+        for (i, sid) in stream_ids.iter().enumerate() {
+            self.pipes.inbound.insert(
+                (node.clone(), *sid),
+                (room_id.clone(), producer_id.clone(), i),
+            );
+        }
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        if let Some(p) = room.producers.get_mut(producer_id) {
+            if let Source::Pipe(pipe) = &mut p.source {
+                pipe.stream_ids = stream_ids;
+                pipe.scores = scores.into_iter().take(n).map(|s| s.min(10)).collect();
+            }
+        }
+        room.set_producer_pause(
+            now,
+            producer_id,
+            Some(paused),
+            None,
+            &mut self.outputs,
+            &mut self.transports,
+        );
+    }
+
+    fn remote_pause(
+        &mut self,
+        now: Instant,
+        node: &NodeId,
+        producer_id: &ProducerId,
+        paused: bool,
+    ) {
+        let Some(room_id) = self.remote_room(producer_id, node) else {
+            return;
+        };
+        if let Some(room) = self.rooms.get_mut(&room_id) {
+            room.set_producer_pause(
+                now,
+                producer_id,
+                Some(paused),
+                None,
+                &mut self.outputs,
+                &mut self.transports,
+            );
+        }
+    }
+
+    /// The room of a pipe producer whose origin is `node`.
+    fn remote_room(&self, producer_id: &ProducerId, node: &NodeId) -> Option<RoomId> {
+        match self.pipes.remote.get(producer_id) {
+            Some((room, origin)) if origin == node => Some(room.clone()),
+            _ => None,
+        }
+    }
+
+    fn local_producer_mut(&mut self, producer_id: &ProducerId) -> Option<&mut Producer> {
+        self.rooms
+            .values_mut()
+            .find_map(|r| r.producers.get_mut(producer_id))
+            .filter(|p| p.pipe().is_none())
+    }
+
+    fn refused(&self, what: &str) {
+        tracing::debug!(what, "pipe control refused");
+        self.counters
+            .pipe_control_refused
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Closes a pipe producer and its consumers (their peers hear `consumerClosed`).
+    fn close_pipe_producer(&mut self, room_id: &RoomId, producer_id: &ProducerId) {
+        if let Some(room) = self.rooms.get_mut(room_id) {
+            room.close_producer(producer_id, &mut self.outputs, &mut self.transports);
+        }
+    }
+
+    /// Offers every pipe producer of `node` to the joined local peers that do not consume it
+    /// (their consumers were closed after the grace period, and the node is back).
+    fn reoffer_remote_producers(&mut self, now: Instant, node: &NodeId) {
+        let Worker {
+            rooms,
+            pipes,
+            rng,
+            outputs,
+            transports,
+            ..
+        } = self;
+        for (pid, (room_id, origin)) in &pipes.remote {
+            if origin != node {
+                continue;
+            }
+            let Some(room) = rooms.get_mut(room_id) else {
+                continue;
+            };
+            let Some(p) = room.producers.get(pid) else {
+                continue;
+            };
+            let consuming: HashSet<&PeerId> = p
+                .consumers
+                .iter()
+                .filter_map(|c| room.consumers.get(c).map(|c| &c.peer))
+                .collect();
+            let missing: Vec<PeerId> = room
+                .peers
+                .values()
+                .filter(|peer| peer.joined && !consuming.contains(&peer.id))
+                .map(|peer| peer.id.clone())
+                .collect();
+            for peer in missing {
+                room.create_consumer(now, &peer, pid, rng, outputs, transports);
+            }
+        }
+    }
+
+    /// Applies everything the last input set in motion: room notes, directory events and
+    /// messages, subscription actions, until none is left.
+    pub(super) fn settle(&mut self, now: Instant) {
+        loop {
+            let mut progressed = false;
+            while let Some(n) = self.outputs.notes.pop_front() {
+                self.apply_note(now, n);
+                progressed = true;
+            }
+            while let Some(ev) = self.directory.poll_event() {
+                self.on_directory_event(now, ev);
+                progressed = true;
+            }
+            while let Some((node, msg)) = self.directory.poll_send() {
+                self.outputs.push_back(Output::PipeControl { node, msg });
+            }
+            let nodes: Vec<NodeId> = self.pipes.links.keys().cloned().collect();
+            for node in nodes {
+                while let Some(a) = self
+                    .pipes
+                    .links
+                    .get_mut(&node)
+                    .and_then(|s| s.poll_action())
+                {
+                    self.on_sub_action(now, &node, a);
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        self.pipes.deadline = self.pipes.compute_deadline();
+    }
+
+    /// Pipe timers: subscription retries, lingers and grace; nodes down past the grace.
+    pub(super) fn pipe_timeout(&mut self, now: Instant) {
+        if self.pipes.deadline.is_none_or(|d| d > now) {
+            return;
+        }
+        let grace = self.pipes.sub_config.grace_period;
+        let gone: Vec<NodeId> = self
+            .pipes
+            .down_since
+            .iter()
+            .filter(|(_, since)| **since + grace <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for node in gone {
+            tracing::warn!(%node, "pipe link down past the grace period; dropping the node's peers");
+            self.pipes.down_since.remove(&node);
+            self.directory.node_gone(&node);
+        }
+        // Producers of gone nodes close first, so their subscriptions end quietly.
+        self.settle(now);
+        for s in self.pipes.links.values_mut() {
+            s.handle_timeout(now);
+        }
+        self.settle(now);
+    }
+
+    fn apply_note(&mut self, now: Instant, note: Note) {
+        match note {
+            Note::LocalProducerClosed {
+                room,
+                peer,
+                producer,
+                piped_to,
+                stream_ids,
+            } => {
+                self.directory
+                    .local_producer_removed(&room, &peer, &producer);
+                for node in piped_to {
+                    self.outputs.push_back(Output::PipeControl {
+                        node,
+                        msg: ControlMessage::ProducerClosed {
+                            producer_id: producer.clone(),
+                        },
+                    });
+                }
+                for sid in stream_ids {
+                    self.pipes.outbound.remove(&sid);
+                }
+            }
+            Note::PipeProducerClosed { node, producer } => {
+                self.pipes.remote.remove(&producer);
+                self.pipes.inbound.retain(|_, (_, p, _)| *p != producer);
+                if let Some(s) = self.pipes.links.get_mut(&node) {
+                    s.on_producer_closed(now, &producer);
+                }
+            }
+            Note::PipeConsumerAdded { node, producer } => {
+                let link = self.pipes.link(now, &node);
+                if let Err(e) = link.add_consumer(now, &producer) {
+                    tracing::warn!(%node, %producer, error = %e, "cannot subscribe to remote producer");
+                }
+                // A lingering subscription was taken up again (a peer rejoined): its streams
+                // feed the (possibly new) pipe producer again.
+                if let Some(SubState::Active { stream_ids }) =
+                    link.state(producer.as_str()).cloned()
+                {
+                    self.restore_streams(&node, &producer, &stream_ids);
+                }
+            }
+            Note::PipeConsumerRemoved { node, producer } => {
+                if let Some(s) = self.pipes.links.get_mut(&node) {
+                    match s.remove_consumer(now, &producer) {
+                        Ok(()) | Err(SubError::NoConsumer(_)) => {}
+                        Err(e) => tracing::debug!(%node, %producer, error = %e, "remove_consumer"),
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_sub_action(&mut self, now: Instant, node: &NodeId, action: SubAction) {
+        match action {
+            SubAction::Subscribe {
+                request_id,
+                producer_id,
+            } => {
+                let Some(room_id) = self.remote_room(&producer_id, node) else {
+                    return;
+                };
+                self.outputs.push_back(Output::PipeControl {
+                    node: node.clone(),
+                    msg: ControlMessage::Subscribe {
+                        request_id: request_id.0,
+                        room_id,
+                        producer_id,
+                    },
+                });
+            }
+            SubAction::Unsubscribe { producer_id } => {
+                self.pipes
+                    .inbound
+                    .retain(|(n, _), (_, p, _)| !(n == node && *p == producer_id));
+                if let Some(room) = self.remote_room(&producer_id, node) {
+                    if let Some(Source::Pipe(pipe)) = self
+                        .rooms
+                        .get_mut(&room)
+                        .and_then(|r| r.producers.get_mut(&producer_id))
+                        .map(|p| &mut p.source)
+                    {
+                        pipe.stream_ids.clear();
+                    }
+                }
+                self.outputs.push_back(Output::PipeControl {
+                    node: node.clone(),
+                    msg: ControlMessage::Unsubscribe { producer_id },
+                });
+            }
+            SubAction::PauseConsumers { .. } | SubAction::ResumeConsumers { .. } => {
+                let (SubAction::PauseConsumers { producer_id }
+                | SubAction::ResumeConsumers { producer_id }) = &action
+                else {
+                    return;
+                };
+                let producer_id = producer_id.clone();
+                let pause = matches!(action, SubAction::PauseConsumers { .. });
+                let Some(room_id) = self.remote_room(&producer_id, node) else {
+                    return;
+                };
+                if let Some(room) = self.rooms.get_mut(&room_id) {
+                    room.set_producer_pause(
+                        now,
+                        &producer_id,
+                        None,
+                        Some(pause),
+                        &mut self.outputs,
+                        &mut self.transports,
+                    );
+                }
+            }
+            SubAction::RequestKeyFrame { producer_id } => {
+                let Some(room_id) = self.remote_room(&producer_id, node) else {
+                    return;
+                };
+                if let Some(p) = self
+                    .rooms
+                    .get(&room_id)
+                    .and_then(|r| r.producers.get(&producer_id))
+                {
+                    if let Source::Pipe(pipe) = &p.source {
+                        send_pipe_keyframe_request(p, pipe, None, &mut self.outputs);
+                    }
+                }
+            }
+            SubAction::CloseConsumers {
+                producer_id,
+                reason,
+            } => {
+                tracing::info!(%node, producer = %producer_id, ?reason, "closing consumers of a remote producer");
+                let Some(room_id) = self.remote_room(&producer_id, node) else {
+                    return;
+                };
+                match reason {
+                    CloseReason::SubscribeFailed(_) | CloseReason::ProducerClosed => {
+                        self.close_pipe_producer(&room_id, &producer_id);
+                    }
+                    // The producer may still exist: keep it, so peers get a consumer again
+                    // when the link is back.
+                    CloseReason::GraceExpired | CloseReason::SubscribeTimedOut => {
+                        let Some(room) = self.rooms.get_mut(&room_id) else {
+                            return;
+                        };
+                        let consumers = room
+                            .producers
+                            .get(&producer_id)
+                            .map(|p| p.consumers.clone())
+                            .unwrap_or_default();
+                        for c in consumers {
+                            room.close_consumer(&c, true, &mut self.outputs, &mut self.transports);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_directory_event(&mut self, now: Instant, ev: DirectoryEvent) {
+        match ev {
+            DirectoryEvent::RemotePeerJoined { room, peer, .. } => {
+                let Some(r) = self.rooms.get(&room) else {
+                    return;
+                };
+                let data = remote_peer_json(&peer);
+                for p in r.peers.values().filter(|p| p.joined) {
+                    self.outputs.push_back(Output::ToPeer {
+                        session: p.session,
+                        msg: crate::signaling::server::ToPeer::Notify {
+                            method: "newPeer",
+                            data: data.clone(),
+                        },
+                    });
+                }
+            }
+            DirectoryEvent::RemotePeerLeft { room, peer_id, .. } => {
+                let Some(r) = self.rooms.get(&room) else {
+                    return;
+                };
+                for p in r.peers.values().filter(|p| p.joined) {
+                    self.outputs.push_back(Output::ToPeer {
+                        session: p.session,
+                        msg: crate::signaling::server::ToPeer::Notify {
+                            method: "peerClosed",
+                            data: json!({ "peerId": peer_id }),
+                        },
+                    });
+                }
+            }
+            DirectoryEvent::RemoteProducerAdded {
+                room,
+                node,
+                peer_id,
+                producer,
+            } => self.add_pipe_producer(now, &room, &node, &peer_id, producer),
+            DirectoryEvent::RemoteProducerRemoved {
+                room, producer_id, ..
+            } => self.close_pipe_producer(&room, &producer_id),
+            DirectoryEvent::NodeGone { .. } => {}
+        }
+    }
+
+    /// A remote producer appeared: a pipe producer stands for it, and every joined local peer
+    /// gets a consumer (`newConsumer`), as for a local producer.
+    fn add_pipe_producer(
+        &mut self,
+        now: Instant,
+        room_id: &RoomId,
+        node: &NodeId,
+        peer_id: &PeerId,
+        info: ProducerInfo,
+    ) {
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
+        if room.producers.contains_key(&info.producer_id) {
+            self.refused("remote producer id already in use");
+            return;
+        }
+        let app_data: Value = serde_json::from_str(&info.app_data).unwrap_or(json!({}));
+        let p = match Producer::new_pipe(
+            now,
+            info.producer_id.clone(),
+            peer_id.clone(),
+            node.clone(),
+            info.kind,
+            info.rtp_parameters,
+            app_data,
+            info.paused,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(%node, producer = %info.producer_id, error = %e, "remote producer refused");
+                self.refused("remote producer with unusable parameters");
+                return;
+            }
+        };
+        let id = p.id.clone();
+        room.producers.insert(id.clone(), p);
+        self.pipes
+            .remote
+            .insert(id.clone(), (room_id.clone(), node.clone()));
+        let peers: Vec<PeerId> = room
+            .peers
+            .values()
+            .filter(|p| p.joined)
+            .map(|p| p.id.clone())
+            .collect();
+        for peer in peers {
+            room.create_consumer(
+                now,
+                &peer,
+                &id,
+                &mut self.rng,
+                &mut self.outputs,
+                &mut self.transports,
+            );
+        }
+    }
+
+    /// Points an active subscription's streams at the pipe producer again.
+    fn restore_streams(&mut self, node: &NodeId, producer_id: &ProducerId, stream_ids: &[u32]) {
+        let Some(room_id) = self.remote_room(producer_id, node) else {
+            return;
+        };
+        let Some(p) = self
+            .rooms
+            .get_mut(&room_id)
+            .and_then(|r| r.producers.get_mut(producer_id))
+        else {
+            return;
+        };
+        let n = p.streams_len();
+        let Source::Pipe(pipe) = &mut p.source else {
+            return;
+        };
+        if !pipe.stream_ids.is_empty() || stream_ids.len() != n {
+            return;
+        }
+        pipe.stream_ids = stream_ids.iter().map(|&s| u64::from(s)).collect();
+        for (i, sid) in pipe.stream_ids.iter().enumerate() {
+            self.pipes.inbound.insert(
+                (node.clone(), *sid),
+                (room_id.clone(), producer_id.clone(), i),
+            );
+        }
+    }
+
+    /// A room closed on this node: forget its pipe producers.
+    pub(super) fn pipe_room_closed(&mut self, room_id: &RoomId) {
+        self.directory.unwatch_room(room_id);
+        self.pipes.remote.retain(|_, (r, _)| r != room_id);
+        self.pipes.inbound.retain(|_, (r, _, _)| r != room_id);
+        self.pipes.outbound.retain(|_, (r, _, _)| r != room_id);
+    }
+}
