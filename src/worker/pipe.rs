@@ -529,6 +529,13 @@ impl Worker {
                 pipe.stream_ids = stream_ids;
                 pipe.scores = scores.into_iter().take(n).map(|s| s.min(10)).collect();
             }
+            // Consumers resumed before the streams were set up asked for a keyframe that could
+            // not be sent: ask now, so video starts at once.
+            if p.kind == MediaKind::Video && !p.consumers.is_empty() {
+                if let Source::Pipe(pipe) = &p.source {
+                    send_pipe_keyframe_request(p, pipe, None, &mut self.outputs);
+                }
+            }
         }
         room.set_producer_pause(
             now,
