@@ -30,6 +30,7 @@ const OPUS_PT: u8 = 111;
 
 mod answers;
 mod feedback;
+mod pipes;
 
 const CONSENT: Duration = Duration::from_secs(5);
 const ROOM: &str = "room";
