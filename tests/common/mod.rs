@@ -1,13 +1,16 @@
 //! Shared helpers of the bot integration tests: an in-process node on port 0 and bot options
-//! pointing at it.
+//! pointing at it; two nodes linked by a pipe ([`linked_pair`], [`start_pair`]), optionally
+//! through a UDP fault relay ([`relay::Relay`]).
 #![allow(dead_code)] // each test file uses a different subset
+
+pub mod relay;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use pipemesh::bot::client::{Bot, BotError, BotOptions, BotTransport, ConsumerStream};
 use pipemesh::config::Config;
-use pipemesh::node::NodeAddrs;
+use pipemesh::node::{NodeAddrs, NodeError};
 use pipemesh::router::rtp_parameters::MediaKind;
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
@@ -28,23 +31,29 @@ pub struct TestNode {
 impl TestNode {
     /// Starts a node on 127.0.0.1 with every port chosen by the OS.
     pub async fn start() -> TestNode {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "warn".into()),
-            )
-            .with_test_writer()
-            .try_init();
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a node on 127.0.0.1 with every port chosen by the OS, after `f` adjusted the
+    /// configuration.
+    pub async fn start_with(f: impl FnOnce(&mut Config)) -> TestNode {
+        Self::try_start_with(f).await.expect("node starts")
+    }
+
+    /// [`TestNode::start_with`], returning the error of `node::start`.
+    pub async fn try_start_with(f: impl FnOnce(&mut Config)) -> Result<TestNode, NodeError> {
+        init_tracing();
         let any: SocketAddr = "127.0.0.1:0".parse().expect("literal address");
-        let cfg = Config {
+        let mut cfg = Config {
             signaling_listen: any,
             rtc_listen: any,
             admin_listen: any,
             announced_address: Some("127.0.0.1".into()),
             ..Config::default()
         };
-        let (addrs, stop, tasks) = pipemesh::node::start(cfg).await.expect("node starts");
-        TestNode { addrs, stop, tasks }
+        f(&mut cfg);
+        let (addrs, stop, tasks) = pipemesh::node::start(cfg).await?;
+        Ok(TestNode { addrs, stop, tasks })
     }
 
     /// `ws://` URL of its signaling.
@@ -100,6 +109,163 @@ impl TestNode {
         let _ = self.stop.send(());
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// Installs the test log subscriber once (`RUST_LOG`, default `warn`).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// The `/metrics` key of a per-link counter, as [`TestNode::metrics`] returns it:
+/// `link_metric("pipe_link_up", "b")` is `pipe_link_up{peer="b"}`.
+pub fn link_metric(name: &str, peer: &str) -> String {
+    format!("{name}{{peer=\"{peer}\"}}")
+}
+
+/// `N` free UDP ports on 127.0.0.1 (bound together, then released), for pipe listeners that
+/// must be known before the nodes start.
+pub fn free_udp_ports<const N: usize>() -> [SocketAddr; N] {
+    let sockets: Vec<std::net::UdpSocket> = (0..N)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a free UDP port"))
+        .collect();
+    std::array::from_fn(|i| sockets[i].local_addr().expect("bound socket"))
+}
+
+/// How [`linked_pair`] builds its two nodes.
+#[derive(Clone, Copy, Debug)]
+pub struct PairOptions {
+    /// Put a [`relay::Relay`] on the path from node a (the dialer) to node b.
+    pub relay: bool,
+    /// `pipe_grace_secs` of both nodes.
+    pub grace_secs: u64,
+}
+
+impl Default for PairOptions {
+    fn default() -> Self {
+        Self {
+            relay: false,
+            grace_secs: 10,
+        }
+    }
+}
+
+/// Nodes "a" and "b" linked by a pipe ("a" dials, "b" accepts), optionally through a relay.
+pub struct NodePair {
+    /// Node "a", the dialer.
+    pub a: TestNode,
+    /// Node "b", which accepts.
+    pub b: TestNode,
+    /// The relay on a's path to b, if asked for.
+    pub relay: Option<relay::Relay>,
+}
+
+impl NodePair {
+    /// The relay (panics when the pair has none).
+    pub fn relay(&self) -> &relay::Relay {
+        self.relay.as_ref().expect("pair built with a relay")
+    }
+
+    /// `pipe_link_up` of a (towards "b") and of b (towards "a").
+    pub async fn link_up(&self) -> (u64, u64) {
+        let (ma, mb) = tokio::join!(self.a.metrics(), self.b.metrics());
+        let up = |m: &std::collections::HashMap<String, u64>, peer| {
+            m.get(&link_metric("pipe_link_up", peer))
+                .copied()
+                .unwrap_or(0)
+        };
+        (up(&ma, "b"), up(&mb, "a"))
+    }
+
+    /// Waits until both ends report the link up (`pipe_link_up` 1) or down (0).
+    pub async fn wait_link(&self, up: bool, timeout: Duration) {
+        let want = u64::from(up);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let now = self.link_up().await;
+            if now == (want, want) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "pipe_link_up (a->b, b->a) stuck at {now:?}, want {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops both nodes (and the relay).
+    pub async fn stop(self) {
+        tokio::join!(self.a.stop(), self.b.stop());
+    }
+}
+
+/// Starts node "a" and node "b" with pipes between them (each lists the other as a static
+/// peer; a's entry for b points at the relay when `relay` is set), `fa` and `fb` adjusting
+/// their configurations last (security settings in particular: none are set here). Does not
+/// wait for the link. Pipe ports are picked free before the start; a start that fails (a port
+/// taken meanwhile) is retried with new ports.
+pub async fn start_pair(
+    relay: bool,
+    fa: impl Fn(&mut Config),
+    fb: impl Fn(&mut Config),
+) -> NodePair {
+    let (a_id, b_id) = ("a", "b");
+    let mut last_error = None;
+    for _attempt in 0..3 {
+        let [pa, pb] = free_udp_ports::<2>();
+        let relay = if relay {
+            Some(relay::Relay::start(pb).await.expect("relay starts"))
+        } else {
+            None
+        };
+        let b_target = relay.as_ref().map_or(pb, |r| r.addr());
+        let b = TestNode::try_start_with(|c| {
+            c.node_id = b_id.into();
+            c.pipe_listen = Some(pb);
+            c.static_peers = vec![format!("{a_id}={pa}")];
+            fb(c);
+        })
+        .await;
+        let b = match b {
+            Ok(b) => b,
+            Err(e) => {
+                last_error = Some(e);
+                continue;
+            }
+        };
+        let a = TestNode::try_start_with(|c| {
+            c.node_id = a_id.into();
+            c.pipe_listen = Some(pa);
+            c.static_peers = vec![format!("{b_id}={b_target}")];
+            fa(c);
+        })
+        .await;
+        match a {
+            Ok(a) => return NodePair { a, b, relay },
+            Err(e) => {
+                last_error = Some(e);
+                b.stop().await;
+            }
+        }
+    }
+    panic!("linked nodes do not start: {last_error:?}");
+}
+
+/// Nodes "a" and "b" with insecure pipes, `opts.grace_secs`, a relay if asked, once both
+/// report the link up.
+pub async fn linked_pair(opts: PairOptions) -> NodePair {
+    let cfg = |c: &mut Config| {
+        c.insecure_pipes = true;
+        c.pipe_grace_secs = opts.grace_secs;
+    };
+    let pair = start_pair(opts.relay, cfg, cfg).await;
+    pair.wait_link(true, WAIT).await;
+    pair
 }
 
 /// Runs `f` with the whole-test deadline.
