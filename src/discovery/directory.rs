@@ -146,6 +146,15 @@ pub trait RoomDirectory {
     ) -> Result<(), DirectoryError>;
     /// A local producer went away. Unknown producers are ignored.
     fn local_producer_removed(&mut self, room: &RoomId, peer_id: &PeerId, producer_id: &ProducerId);
+    /// A local producer was paused or resumed by its owner. Unknown producers are ignored.
+    fn local_producer_paused(
+        &mut self,
+        _room: &RoomId,
+        _peer_id: &PeerId,
+        _producer_id: &ProducerId,
+        _paused: bool,
+    ) {
+    }
     /// Start following `room` on other nodes (while this node has local peers in it).
     fn watch_room(&mut self, room: &RoomId) -> Result<(), DirectoryError>;
     /// Stop following `room`; its remote entries are dropped (with events).
@@ -817,6 +826,40 @@ impl RoomDirectory for GossipDirectory {
                 producer_id: producer_id.clone(),
             },
         );
+    }
+
+    fn local_producer_paused(
+        &mut self,
+        room: &RoomId,
+        peer_id: &PeerId,
+        producer_id: &ProducerId,
+        paused: bool,
+    ) {
+        let Some(p) = self
+            .rooms
+            .get_mut(room)
+            .and_then(|r| r.peers.get_mut(peer_id))
+            .and_then(|peer| {
+                peer.producers
+                    .iter_mut()
+                    .find(|p| &p.producer_id == producer_id)
+            })
+        else {
+            return;
+        };
+        if p.paused == paused {
+            return;
+        }
+        p.paused = paused;
+        // The pipe message of the same name: nodes that know the producer apply it to their
+        // pipe producer whether or not they are subscribed.
+        let producer_id = producer_id.clone();
+        let msg = if paused {
+            ControlMessage::ProducerPaused { producer_id }
+        } else {
+            ControlMessage::ProducerResumed { producer_id }
+        };
+        self.broadcast(room, msg);
     }
 
     fn watch_room(&mut self, room: &RoomId) -> Result<(), DirectoryError> {

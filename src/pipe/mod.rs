@@ -8,6 +8,7 @@
 //! `pipemesh certs` command).
 
 pub mod certs;
+pub mod congestion;
 pub mod endpoint;
 pub mod link;
 pub mod tls;

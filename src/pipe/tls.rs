@@ -212,7 +212,10 @@ impl TransportTuning {
             // A piped RTP packet (up to ~1,250 bytes with QUIC's overhead) must fit a datagram
             // from the first packet on; quinn's 1,200-byte start would drop video packets
             // until path MTU discovery (still on) raised it. 1,400 fits any 1,500-byte path.
-            .initial_mtu(PIPE_INITIAL_MTU);
+            .initial_mtu(PIPE_INITIAL_MTU)
+            .congestion_controller_factory(std::sync::Arc::new(
+                super::congestion::FixedWindowConfig::default(),
+            ));
         Ok(t)
     }
 }

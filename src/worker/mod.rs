@@ -126,6 +126,13 @@ pub(crate) enum Note {
         /// Its pipe stream ids.
         stream_ids: Vec<u64>,
     },
+    /// A local producer was paused or resumed by its owner.
+    LocalProducerPaused {
+        room: RoomId,
+        peer: PeerId,
+        producer: ProducerId,
+        paused: bool,
+    },
     /// A piped producer closed (its origin closed it, or the origin node is gone).
     PipeProducerClosed { node: NodeId, producer: ProducerId },
     /// A consumer of a remote (piped) producer was created.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::media::{forward, send_keyframe_requests, send_pipe_keyframe_request, StreamRef};
+use super::media::{forward, send_keyframe_requests, StreamRef};
 use super::media::{Producer, Source};
 use super::{Note, Output, Worker};
 use crate::discovery::directory::DirectoryEvent;
@@ -197,6 +197,11 @@ impl Worker {
     /// A control message from `node`.
     pub fn handle_pipe_control(&mut self, now: Instant, node: &NodeId, msg: ControlMessage) {
         use ControlMessage as M;
+        if !self.pipes.up.contains(node) {
+            // The glue forwards only messages of links it reported up; anything else is stale.
+            self.refused("control message from a node whose link is not up");
+            return;
+        }
         match msg {
             M::RoomWatch { .. }
             | M::RoomUnwatch { .. }
@@ -492,25 +497,34 @@ impl Worker {
         let Some(subs) = self.pipes.links.get_mut(node) else {
             return;
         };
-        let (Some(room_id), Some(n), Some(ids32)) = (room_id, encodings, ids32) else {
+        let (Some(room_id), Some(n)) = (room_id, encodings) else {
             // Unknown here (closed meanwhile): the answer is stale; Unsubscribe follows.
             let _ = subs.on_subscribed(now, request, producer_id, Vec::new());
             return;
         };
-        if stream_ids.len() != n || distinct.len() != n {
-            self.counters
-                .pipe_control_refused
-                .fetch_add(1, Ordering::Relaxed);
-            let _ = subs.on_subscribe_failed(
-                now,
-                request,
-                format!(
-                    "origin sent {} stream ids for {n} encodings",
-                    stream_ids.len()
-                ),
-            );
-            return;
-        }
+        let ids32 = match ids32 {
+            Some(ids) if ids.len() == n && distinct.len() == n => ids,
+            _ => {
+                // A broken answer: the subscription fails (its consumers close) and the origin
+                // is told to stop sending what nobody here can read.
+                self.counters
+                    .pipe_control_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                let reason = format!(
+                    "origin sent stream ids {stream_ids:?} for {n} encodings (distinct, below 2^32 expected)"
+                );
+                tracing::warn!(%node, producer = %producer_id, %reason, "Subscribed refused");
+                if subs.on_subscribe_failed(now, request, reason).is_ok() {
+                    self.outputs.push_back(Output::PipeControl {
+                        node: node.clone(),
+                        msg: ControlMessage::Unsubscribe {
+                            producer_id: producer_id.clone(),
+                        },
+                    });
+                }
+                return;
+            }
+        };
         if let Err(e) = subs.on_subscribed(now, request, producer_id, ids32) {
             tracing::debug!(%node, producer = %producer_id, error = %e, "Subscribed ignored");
             return;
@@ -529,12 +543,12 @@ impl Worker {
                 pipe.stream_ids = stream_ids;
                 pipe.scores = scores.into_iter().take(n).map(|s| s.min(10)).collect();
             }
-            // Consumers resumed before the streams were set up asked for a keyframe that could
-            // not be sent: ask now, so video starts at once.
+            // Consumers resumed before the streams were set up could not ask for a keyframe
+            // (nothing is sent, nothing throttled, while unsubscribed): ask now, so video
+            // starts at once.
             if p.kind == MediaKind::Video && !p.consumers.is_empty() {
-                if let Source::Pipe(pipe) = &p.source {
-                    send_pipe_keyframe_request(p, pipe, None, &mut self.outputs);
-                }
+                let reqs = p.request_keyframe(now, None);
+                send_keyframe_requests(p, reqs, &mut self.outputs, &mut self.transports);
             }
         }
         room.set_producer_pause(
@@ -720,6 +734,14 @@ impl Worker {
                     self.pipes.outbound.remove(&sid);
                 }
             }
+            Note::LocalProducerPaused {
+                room,
+                peer,
+                producer,
+                paused,
+            } => self
+                .directory
+                .local_producer_paused(&room, &peer, &producer, paused),
             Note::PipeProducerClosed { node, producer } => {
                 self.pipes.remote.remove(&producer);
                 self.pipes.inbound.retain(|_, (_, p, _)| *p != producer);
@@ -814,14 +836,14 @@ impl Worker {
                 let Some(room_id) = self.remote_room(&producer_id, node) else {
                     return;
                 };
+                // Through the throttle: the resumed consumers asked at the same moment.
                 if let Some(p) = self
                     .rooms
-                    .get(&room_id)
-                    .and_then(|r| r.producers.get(&producer_id))
+                    .get_mut(&room_id)
+                    .and_then(|r| r.producers.get_mut(&producer_id))
                 {
-                    if let Source::Pipe(pipe) = &p.source {
-                        send_pipe_keyframe_request(p, pipe, None, &mut self.outputs);
-                    }
+                    let reqs = p.request_keyframe(now, None);
+                    send_keyframe_requests(p, reqs, &mut self.outputs, &mut self.transports);
                 }
             }
             SubAction::CloseConsumers {

@@ -538,6 +538,12 @@ impl Room {
         let before = p.effectively_paused();
         if let Some(v) = paused {
             if p.paused != v && p.pipe().is_none() {
+                outputs.note(Note::LocalProducerPaused {
+                    room: self.id.clone(),
+                    peer: p.peer.clone(),
+                    producer: p.id.clone(),
+                    paused: v,
+                });
                 for node in &p.piped_to {
                     let producer_id = p.id.clone();
                     let msg = if v {

@@ -420,6 +420,11 @@ impl Producer {
         if self.kind != MediaKind::Video {
             return out;
         }
+        // A piped producer that is not subscribed has nowhere to send a request: none is made
+        // (nor throttled); the subscription asks for a keyframe when it becomes active.
+        if self.pipe().is_some_and(|p| p.stream_ids.is_empty()) {
+            return out;
+        }
         for (i, s) in self.streams.iter().enumerate() {
             if encoding.is_some_and(|e| e != i) {
                 continue;

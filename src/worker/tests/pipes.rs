@@ -1022,7 +1022,6 @@ fn producer_paused_before_the_far_peer_joins_ends_up_paused_far_away() {
 }
 
 #[test]
-#[ignore = "bug: the directory announces a producer's pause state only when it is added; a far peer joining after a pause is offered producerPaused=false, then told consumerPaused"]
 fn producer_paused_before_the_far_peer_joins_is_offered_paused() {
     let (_cl, bob, far, out) = paused_before_far_join();
     assert_eq!(
@@ -1187,7 +1186,6 @@ fn link_down_pauses_far_consumers_and_link_up_within_grace_resumes_them_with_a_k
 }
 
 #[test]
-#[ignore = "bug (minor): when a video subscription is re-established, b sends three KeyFrameRequests for one producer at the same instant (far_subscribed, the resumed consumers, and SubAction::RequestKeyFrame); the origin's throttle hides it"]
 fn relink_asks_the_origin_for_one_keyframe() {
     let mut p = Piped::video(&["bob"]);
     assert_eq!(p.vp8_to_bob(1, true, b"key").len(), 1);
@@ -1196,9 +1194,15 @@ fn relink_asks_the_origin_for_one_keyframe() {
     p.cl.advance(Duration::from_secs(1));
     p.cl.reset();
     p.cl.link_up();
+    let kfr = keyframe_requests(&p.cl.ctrl[B]);
     assert_eq!(
-        keyframe_requests(&p.cl.ctrl[B]),
-        vec![(p.producer.clone(), None)],
+        kfr.len(),
+        1,
+        "one KeyFrameRequest for the re-established subscription: {kfr:?}"
+    );
+    assert_eq!(
+        kfr[0].0,
+        p.producer.clone(),
         "one KeyFrameRequest for the re-established subscription"
     );
 }
@@ -1616,7 +1620,6 @@ fn directory_messages_from_an_unlinked_node_change_nothing() {
 }
 
 #[test]
-#[ignore = "bug: the origin serves Subscribe from a node whose link is not up (no check in handle_pipe_control)"]
 fn subscribe_from_an_unlinked_node_is_refused() {
     let mut p = Piped::opus();
     p.cl.reset();
@@ -1650,7 +1653,6 @@ fn subscribe_from_an_unlinked_node_is_refused() {
 }
 
 #[test]
-#[ignore = "bug: a Subscribed refused for its stream-id count fails the subscription on the far side but never tells the origin, which keeps piping"]
 fn refused_subscribed_answer_stops_the_origin_piping() {
     let mut cl = Cluster::new();
     let mut alice = cl.client(A, "alice", true, 5000, 10);
@@ -1699,7 +1701,6 @@ fn refused_subscribed_answer_stops_the_origin_piping() {
 }
 
 #[test]
-#[ignore = "bug: a Subscribed whose stream ids exceed u32 (the wire allows 62 bits) is taken as a stale answer: the subscription becomes Active with no stream, nothing is counted, and the far consumer waits forever without media"]
 fn subscribed_with_stream_ids_beyond_u32_is_refused() {
     let mut cl = Cluster::new();
     let mut alice = cl.client(A, "alice", true, 5000, 10);
@@ -1726,8 +1727,8 @@ fn subscribed_with_stream_ids_beyond_u32_is_refused() {
         m => Some(m),
     }));
     cl.produce(&alice, "audio", OPUS, json!({}));
-    let out = cl.take(B);
-    let offer = one_offer(&out, &bob);
+    let first = cl.take(B);
+    let offer = one_offer(&first, &bob);
     cl.accept(&bob, &offer);
     cl.send_rtp(&mut alice, &rtp(OPUS_PT, 1, 960, OPUS_SSRC, b"x"));
     // Well past the grace period.
@@ -1735,7 +1736,9 @@ fn subscribed_with_stream_ids_beyond_u32_is_refused() {
     let out = cl.take(B);
     let fed = !bob.rtp(&out).is_empty();
     let refused = cl.counters(B).pipe_control_refused.load(Relaxed) == 1;
-    let closed = signal_methods(&out, bob.session).contains(&"consumerClosed");
+    // The answer comes back while the producer is offered: the close may be in either batch.
+    let closed = signal_methods(&first, bob.session).contains(&"consumerClosed")
+        || signal_methods(&out, bob.session).contains(&"consumerClosed");
     assert!(
         fed || (refused && closed),
         "the far consumer is neither fed nor closed (refused counter: {})",
