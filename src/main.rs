@@ -23,6 +23,8 @@ enum Command {
     Certs(pipemesh::pipe::certs::CertsArgs),
     /// Print the effective configuration (file, environment and flags merged) as TOML.
     Config(ServeArgs),
+    /// Benchmarks against real nodes on loopback (`pipemesh bench pipe`).
+    Bench(pipemesh::bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,6 +67,7 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", toml::to_string(&cfg)?);
             Ok(())
         }
+        Command::Bench(args) => pipemesh::bench::run(args),
     }
 }
 

@@ -244,6 +244,22 @@ impl RecvStats {
     fn owd_samples(&self, out: &mut Vec<i64>) {
         out.extend_from_slice(&self.owd[..self.owd_len]);
     }
+
+    /// Probes found since the start: the number of one-way latency samples ever taken. Read it
+    /// before and after an interval to take that interval's samples with
+    /// [`Self::recent_latency_us`].
+    pub fn probes(&self) -> u64 {
+        self.probes
+    }
+
+    /// Appends the `n` most recent one-way latency samples (µs, receiver wall clock minus the
+    /// probe's), oldest first. Only the last [`OWD_WINDOW`] are kept, so fewer are appended
+    /// when `n` is larger than that or than the samples taken so far.
+    pub fn recent_latency_us(&self, n: usize, out: &mut Vec<i64>) {
+        let n = n.min(self.owd_len);
+        let start = (self.owd_next + OWD_WINDOW - n) % OWD_WINDOW;
+        out.extend((0..n).map(|i| self.owd[(start + i) % OWD_WINDOW]));
+    }
 }
 
 fn bucket_index(since_first: Duration) -> u64 {
@@ -649,6 +665,42 @@ mod tests {
         let owd = s.snapshot(t0).owd.unwrap();
         assert_eq!(owd.samples, OWD_WINDOW);
         assert_eq!((owd.min, owd.max), (3000 - OWD_WINDOW as i64, 2999));
+    }
+
+    #[test]
+    fn recent_latency_samples_are_the_last_n_in_order() {
+        let t0 = Instant::now();
+        let mut s = RecvStats::new(1, Codec::Opus, 48_000);
+        let mut out = Vec::new();
+        s.recent_latency_us(5, &mut out);
+        assert!(out.is_empty());
+        let mut b = [0u8; 12 + 1 + 16];
+        b.copy_from_slice(&[&rtp(0, 0, false)[..12], &[0xf8], &[0u8; 16]].concat());
+        let total = OWD_WINDOW as u64 + 10;
+        for i in 0..total {
+            b[2..4].copy_from_slice(&(i as u16).to_be_bytes());
+            let probe = crate::bot::media::Probe {
+                wall_us: 1_000_000,
+                frame: i as u32,
+            };
+            b[13..].copy_from_slice(&probe.encode());
+            s.on_packet(t0, 1_000_000 + i, &RtpView::parse(&b).unwrap());
+            if i == 2 {
+                assert_eq!(s.probes(), 3);
+                s.recent_latency_us(10, &mut out);
+                assert_eq!(out, [0, 1, 2]);
+                out.clear();
+            }
+        }
+        assert_eq!(s.probes(), total);
+        // The ring has wrapped: the last 4 samples straddle its end.
+        s.recent_latency_us(4, &mut out);
+        let last = total as i64;
+        assert_eq!(out, [last - 4, last - 3, last - 2, last - 1]);
+        out.clear();
+        s.recent_latency_us(usize::MAX, &mut out);
+        assert_eq!(out.len(), OWD_WINDOW);
+        assert_eq!((out[0], out[OWD_WINDOW - 1]), (10, last - 1));
     }
 
     /// The bot reads every received packet through the shared parser: a packet combining a
