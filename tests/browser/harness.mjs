@@ -1,8 +1,9 @@
 // Shared helpers for the browser tests: free ports, the pipemesh server process,
 // a static file server for dist/, headless Chromium (playwright-core driving
 // Debian's /usr/bin/chromium), and page helpers that poll window.pm.
-import { spawn } from 'node:child_process';
-import { existsSync, statSync, readFileSync } from 'node:fs';
+import { spawn, execFile } from 'node:child_process';
+import { existsSync, statSync, readFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { createServer as createHttpServer } from 'node:http';
 import net from 'node:net';
 import dgram from 'node:dgram';
@@ -90,7 +91,13 @@ export async function freePorts(count, { udp = false } = {}) {
  * Returns { signalingPort, rtcPort, adminPort, baseUrl, wsUrl, output(), stop() }.
  * Throws with a clear message (and the server's output) when it cannot start.
  */
-export async function startPipemesh({ webRoot = DIST, extraArgs = [], env = {}, readyTimeoutMs = 20000 } = {}) {
+export async function startPipemesh({
+	webRoot = DIST, extraArgs = [], env = {}, readyTimeoutMs = 20000,
+	// Ports this server must not take (e.g. pipe ports already promised to other nodes).
+	avoidPorts = [],
+	// Log prefix, e.g. the node id when several servers run at once.
+	label = null,
+} = {}) {
 	const bin = serverBinary();
 	if (!existsSync(bin)) {
 		throw new Error(
@@ -101,11 +108,17 @@ export async function startPipemesh({ webRoot = DIST, extraArgs = [], env = {}, 
 	if (!existsSync(join(webRoot, 'index.html')) || !existsSync(join(webRoot, 'app.js'))) {
 		throw new Error(`web root ${webRoot} has no index.html/app.js: run \`npm run build\` in ${HERE} first`);
 	}
-	const [signalingPort, adminPort] = await freePorts(2);
+	const avoid = new Set(avoidPorts);
+	let signalingPort;
+	let adminPort;
+	for (;;) {
+		[signalingPort, adminPort] = await freePorts(2);
+		if (!avoid.has(signalingPort) && !avoid.has(adminPort)) break;
+	}
 	let rtcPort;
 	for (;;) {
 		[rtcPort] = await freePorts(1, { udp: true });
-		if (rtcPort !== signalingPort && rtcPort !== adminPort) break;
+		if (rtcPort !== signalingPort && rtcPort !== adminPort && !avoid.has(rtcPort)) break;
 	}
 	const args = [
 		'serve',
@@ -126,8 +139,9 @@ export async function startPipemesh({ webRoot = DIST, extraArgs = [], env = {}, 
 		stdio: ['ignore', 'pipe', 'pipe'],
 		env: { ...process.env, PIPEMESH_LOG: process.env.PIPEMESH_LOG || 'info', ...env },
 	});
-	child.stdout.on('data', keep('[pipemesh stdout] '));
-	child.stderr.on('data', keep('[pipemesh] '));
+	const tag = label ? `pipemesh ${label}` : 'pipemesh';
+	child.stdout.on('data', keep(`[${tag} stdout] `));
+	child.stderr.on('data', keep(`[${tag}] `));
 	let exited = null;
 	let spawnError = null;
 	const exitPromise = new Promise((res) => {
@@ -172,10 +186,12 @@ export async function startPipemesh({ webRoot = DIST, extraArgs = [], env = {}, 
 			const r = await fetch(healthUrl, { signal: AbortSignal.timeout(1000) });
 			if (r.status === 200) {
 				return {
-					signalingPort, rtcPort, adminPort, child, cmdline,
+					signalingPort, rtcPort, adminPort, child, cmdline, label,
 					baseUrl: `http://127.0.0.1:${signalingPort}`,
 					wsUrl: `ws://127.0.0.1:${signalingPort}`,
 					healthUrl,
+					metricsUrl: `http://127.0.0.1:${adminPort}/metrics`,
+					exited: () => exited,
 					output,
 					stop,
 				};
@@ -191,6 +207,161 @@ export async function startPipemesh({ webRoot = DIST, extraArgs = [], env = {}, 
 		`pipemesh did not answer 200 on ${healthUrl} within ${readyTimeoutMs} ms (last: ${lastProblem}).\n` +
 		`command: ${cmdline}\n--- server output ---\n${output() || '(none)'}`,
 	);
+}
+
+// ------------------------------------------------------------------ metrics
+
+/** Fetches a server's admin /metrics text. */
+export async function fetchMetrics(server) {
+	const r = await fetch(server.metricsUrl || `http://127.0.0.1:${server.adminPort}/metrics`, { signal: AbortSignal.timeout(2000) });
+	if (r.status !== 200) throw new Error(`GET /metrics on ${server.label || 'pipemesh'}: HTTP ${r.status}`);
+	return r.text();
+}
+
+/**
+ * Parses Prometheus text into [{ name, labels: {k: v}, value }] (comments and
+ * unparsable lines are skipped).
+ */
+export function parseMetrics(text) {
+	const out = [];
+	for (const line of String(text).split('\n')) {
+		const m = line.match(/^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)/);
+		if (!m) continue;
+		const labels = {};
+		for (const l of (m[2] || '').matchAll(/([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) labels[l[1]] = l[2];
+		out.push({ name: m[1], labels, value: Number(m[3]) });
+	}
+	return out;
+}
+
+/** The value of metric `name` whose labels include `labels`, or null when absent. */
+export function metricValue(text, name, labels = {}) {
+	const hit = parseMetrics(text).find((s) => s.name === name
+		&& Object.entries(labels).every(([k, v]) => s.labels[k] === v));
+	return hit ? hit.value : null;
+}
+
+/**
+ * Polls a server's /metrics every 250 ms until predicate(value of `name`{labels}) holds
+ * (value is null while the series is absent). Fails fast when the server exits.
+ */
+export async function waitForMetric(server, name, labels, predicate, { timeoutMs = 20000, what } = {}) {
+	const deadline = Date.now() + timeoutMs;
+	const desc = what || `${name}${JSON.stringify(labels)}`;
+	let last = null;
+	let lastText = '';
+	while (Date.now() < deadline) {
+		const gone = server.exited && server.exited();
+		if (gone) {
+			throw new Error(`${server.label || 'pipemesh'} exited (code ${gone.code}, signal ${gone.signal}) while waiting for ${desc}`);
+		}
+		try {
+			lastText = await fetchMetrics(server);
+			last = metricValue(lastText, name, labels);
+			if (predicate(last)) return last;
+		} catch (e) {
+			lastText = `(fetch failed: ${e.message})`;
+		}
+		await delay(250);
+	}
+	throw new Error(`${server.label || 'pipemesh'}: timed out after ${timeoutMs} ms waiting for ${desc}; last value ${last}; ` +
+		`last /metrics:\n${lastText}`);
+}
+
+// ------------------------------------------------------------------ clusters (pipes)
+
+function run(cmd, args) {
+	return new Promise((res, rej) => {
+		execFile(cmd, args, { cwd: REPO_ROOT, timeout: 30000 }, (err, stdout, stderr) => {
+			if (err) rej(new Error(`${cmd} ${args.join(' ')} failed: ${err.message}\n${stdout}${stderr}`));
+			else res({ stdout, stderr });
+		});
+	});
+}
+
+/**
+ * `pipemesh certs`: a new cluster CA plus one certificate per node id in a fresh
+ * temporary directory. Returns { dir, ca, cert(id), key(id), remove() }.
+ */
+export async function makeClusterCerts(nodeIds, { cluster = 'pipemesh' } = {}) {
+	const dir = mkdtempSync(join(tmpdir(), 'pipemesh-certs-'));
+	try {
+		await run(serverBinary(), ['certs', '--out', dir, '--cluster', cluster, ...nodeIds]);
+	} catch (e) {
+		rmSync(dir, { recursive: true, force: true });
+		throw e;
+	}
+	return {
+		dir,
+		ca: join(dir, 'ca.pem'),
+		cert: (id) => join(dir, `${id}.pem`),
+		key: (id) => join(dir, `${id}.key`),
+		remove: () => rmSync(dir, { recursive: true, force: true }),
+	};
+}
+
+/**
+ * Starts one `pipemesh serve` per node id on loopback, each with a QUIC pipe listener
+ * and every other node as a static peer. `secure` (default) issues a cluster CA and
+ * node certificates with `pipemesh certs`; otherwise `--insecure-pipes`.
+ * Returns { nodes: {id: server}, ids, certs, output(), stop() }. When any node fails to
+ * start, the ones already running are stopped before the error is rethrown.
+ * Does not wait for the links: see waitForPipeLinks().
+ */
+export async function startPipeCluster(nodeIds, {
+	secure = true, cluster = 'pipemesh', graceSecs = null, extraArgs = [], env = {},
+} = {}) {
+	const pipePorts = await freePorts(nodeIds.length, { udp: true });
+	const pipePort = Object.fromEntries(nodeIds.map((id, i) => [id, pipePorts[i]]));
+	const certs = secure ? await makeClusterCerts(nodeIds, { cluster }) : null;
+	const nodes = {};
+	const stop = async () => {
+		const results = {};
+		for (const [id, n] of Object.entries(nodes).reverse()) results[id] = await n.stop();
+		if (certs) certs.remove();
+		return results;
+	};
+	try {
+		for (const id of nodeIds) {
+			const args = [
+				'--node-id', id,
+				'--cluster', cluster,
+				'--pipe-listen', `127.0.0.1:${pipePort[id]}`,
+				...nodeIds.filter((o) => o !== id).flatMap((o) => ['--static-peer', `${o}=127.0.0.1:${pipePort[o]}`]),
+				...(certs
+					? ['--cluster-ca', certs.ca, '--node-cert', certs.cert(id), '--node-key', certs.key(id)]
+					: ['--insecure-pipes']),
+				...(graceSecs !== null ? ['--pipe-grace-secs', String(graceSecs)] : []),
+				...extraArgs,
+			];
+			nodes[id] = await startPipemesh({ label: id, avoidPorts: pipePorts, extraArgs: args, env });
+			nodes[id].pipePort = pipePort[id];
+		}
+	} catch (e) {
+		await stop().catch(() => {});
+		throw e;
+	}
+	return {
+		nodes,
+		ids: [...nodeIds],
+		certs,
+		output: () => Object.values(nodes).map((n) => n.output()).join('\n'),
+		stop,
+	};
+}
+
+/** Waits until every node reports pipemesh_pipe_link_up{peer=other} 1 for every other node. */
+export async function waitForPipeLinks(clusterHandle, { timeoutMs = 20000 } = {}) {
+	const deadline = Date.now() + timeoutMs;
+	for (const id of clusterHandle.ids) {
+		for (const other of clusterHandle.ids) {
+			if (other === id) continue;
+			await waitForMetric(clusterHandle.nodes[id], 'pipemesh_pipe_link_up', { peer: other }, (v) => v === 1, {
+				timeoutMs: Math.max(1000, deadline - Date.now()),
+				what: `pipe link ${id} -> ${other} up (pipemesh_pipe_link_up{peer="${other}"} 1)`,
+			});
+		}
+	}
 }
 
 // ------------------------------------------------------------------ static server (page tests)

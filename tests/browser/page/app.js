@@ -74,6 +74,7 @@ const options = readOptions();
 const state = {
 	phase: 'loading',
 	joined: false,
+	joinPeerIds: [], // the peers listed in the join response (others arrive by newPeer)
 	peers: new Map(), // peerId -> { id, displayName, device }
 	consumers: new Map(), // consumerId -> { consumer, peerId, paused, producerPaused, score, layers }
 	producers: new Map(), // producerId -> { producer, source, score }
@@ -378,6 +379,7 @@ async function onOpen(peer) {
 		sctpCapabilities: undefined,
 	});
 	state.joined = true;
+	state.joinPeerIds = (peers || []).map((p) => p.id);
 	for (const p of peers || []) state.peers.set(p.id, p);
 	setPhase('joined');
 	logEvent(`joined room ${options.roomId} with ${(peers || []).length} other peer(s)`);
@@ -476,6 +478,8 @@ async function stats() {
 		joined: state.joined,
 		handlerName: state.device ? state.device.handlerName : null,
 		peers: state.peers.size,
+		peerList: [...state.peers.values()].map((p) => ({ id: p.id, displayName: p.displayName || null })),
+		joinPeerIds: state.joinPeerIds.slice(),
 		video: { framesDecoded: 0, framesReceived: 0, packetsReceived: 0, bytesReceived: 0, frameWidth: 0, frameHeight: 0 },
 		audio: { packetsReceived: 0, bytesReceived: 0 },
 		sent: {
