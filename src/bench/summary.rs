@@ -99,8 +99,11 @@ pub struct Summary {
     pub total_range: (f64, f64),
     /// Median CPU per node, ms per second (share of one core × 1000).
     pub cpu_ms_per_s: Vec<f64>,
-    /// Latency over every window's samples pooled.
+    /// Latency: medians over windows of each window's p50 and p99 (robust to a window the
+    /// host disturbed); `samples` counts every window's.
     pub latency: Option<Latency>,
+    /// Latency over every window's samples pooled.
+    pub pooled_latency: Option<Latency>,
     /// Latency samples lost to the bots' rings.
     pub latency_lost: u64,
     /// Median rate of each pipe counter, per second.
@@ -156,7 +159,18 @@ impl Summary {
             cpu_ms_per_s: (0..nodes)
                 .map(|i| per_window(&|w| w.cpu_us.get(i).copied().unwrap_or(0.0) / w.secs / 1e3))
                 .collect(),
-            latency: Latency::of(&mut pooled),
+            latency: {
+                let per: Vec<Latency> = windows
+                    .iter()
+                    .filter_map(|w| Latency::of(&mut w.latency_us.clone()))
+                    .collect();
+                (!per.is_empty()).then(|| Latency {
+                    p50: median(&per.iter().map(|l| l.p50).collect::<Vec<_>>()),
+                    p99: median(&per.iter().map(|l| l.p99).collect::<Vec<_>>()),
+                    samples: per.iter().map(|l| l.samples).sum(),
+                })
+            },
+            pooled_latency: Latency::of(&mut pooled),
             latency_lost: windows.iter().map(|w| w.latency_lost).sum(),
             pipe_rates: pipe_keys
                 .into_iter()
@@ -222,8 +236,16 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "pipe bench: 1 producer (Opus + VP8 bot) on node a, {} consumer bots; loopback; \
-             {} round(s) x {} windows x {:.1} s per scenario, scenarios alternating",
-            self.consumers, self.rounds, self.windows, self.window_secs
+             {} round(s) x {} windows x {:.1} s per scenario{}",
+            self.consumers,
+            self.rounds,
+            self.windows,
+            self.window_secs,
+            if self.rounds > 1 {
+                ", scenarios alternating"
+            } else {
+                ""
+            }
         )?;
         writeln!(
             f,
@@ -232,7 +254,8 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "latency: one-way, producer bot -> consumer bots, same clock, all samples pooled (µs)"
+            "latency: one-way, producer bot -> consumer bots, same clock; p50 and p99 of each \
+             window, median over windows (µs)"
         )?;
         writeln!(f)?;
         let mut head = format!("{:<22} {:>9} {:>9}", "scenario", "in pkt/s", "out pkt/s");
@@ -328,12 +351,14 @@ impl fmt::Display for Report {
             writeln!(
                 f,
                 "{}: node CPU ms/s {}; bots received {} pkt/s; bench process (bots) {:.0} ms/s; \
-                 other processes {} ms/s{}",
+                 other processes {} ms/s; latency pooled over windows p50 {} p99 {} µs{}",
                 s.name,
                 cpu.join(", "),
                 num(s.received_per_s, 0),
                 s.bots_ms_per_s,
                 num(other, 0),
+                s.pooled_latency.map_or("-".into(), |l| num(l.p50, 0)),
+                s.pooled_latency.map_or("-".into(), |l| num(l.p99, 0)),
                 if s.latency_lost > 0 {
                     format!("; {} latency samples lost", s.latency_lost)
                 } else {
@@ -424,7 +449,10 @@ mod tests {
         assert!((s.total_us_per_pkt - 1.55).abs() < 1e-9);
         assert_eq!(s.total_range, (1.0, 2.1));
         assert_eq!(s.delivered_per_s, 2000.0);
+        // Per window p50/p99: (100, 200), (300, 300), (400, 400); medians 300 and 300.
         let l = s.latency.unwrap();
+        assert_eq!((l.p50, l.p99, l.samples), (300.0, 300.0, 4));
+        let l = s.pooled_latency.unwrap();
         assert_eq!((l.p50, l.p99, l.samples), (200.0, 400.0, 4));
     }
 
