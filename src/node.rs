@@ -403,9 +403,16 @@ async fn worker_task(
                 },
                 Output::ToPeer { session, msg } => {
                     if let Some(tx) = sessions.get(&session) {
-                        if tx.try_send(msg).is_err() {
-                            tracing::warn!(session, "peer queue full; disconnecting it");
-                            stuck.push(session);
+                        match tx.try_send(msg) {
+                            Ok(()) => {}
+                            // The session is ending: its Closed command is on its way.
+                            Err(mpsc::error::TrySendError::Closed(_)) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                if !stuck.contains(&session) {
+                                    tracing::warn!(session, "peer queue full; disconnecting it");
+                                    stuck.push(session);
+                                }
+                            }
                         }
                     }
                 }
