@@ -277,14 +277,7 @@ impl Worker {
                 producer_id,
                 scores,
             } => {
-                let Some(room) = self.remote_room(&producer_id, node) else {
-                    return;
-                };
-                if let Some(p) = self
-                    .rooms
-                    .get_mut(&room)
-                    .and_then(|r| r.producers.get_mut(&producer_id))
-                {
+                if let Some(p) = self.remote_producer_mut(&producer_id, node) {
                     let n = p.streams_len();
                     if let Source::Pipe(pipe) = &mut p.source {
                         pipe.scores = scores.into_iter().take(n).map(|s| s.min(10)).collect();
@@ -591,6 +584,16 @@ impl Worker {
         }
     }
 
+    /// The pipe producer of `producer_id` whose origin is `node`.
+    fn remote_producer_mut(
+        &mut self,
+        producer_id: &ProducerId,
+        node: &NodeId,
+    ) -> Option<&mut Producer> {
+        let room = self.remote_room(producer_id, node)?;
+        self.rooms.get_mut(&room)?.producers.get_mut(producer_id)
+    }
+
     fn local_producer_mut(&mut self, producer_id: &ProducerId) -> Option<&mut Producer> {
         self.rooms
             .values_mut()
@@ -837,13 +840,18 @@ impl Worker {
                     return;
                 };
                 // Through the throttle: the resumed consumers asked at the same moment.
-                if let Some(p) = self
-                    .rooms
+                let Worker {
+                    rooms,
+                    outputs,
+                    transports,
+                    ..
+                } = self;
+                if let Some(p) = rooms
                     .get_mut(&room_id)
                     .and_then(|r| r.producers.get_mut(&producer_id))
                 {
                     let reqs = p.request_keyframe(now, None);
-                    send_keyframe_requests(p, reqs, &mut self.outputs, &mut self.transports);
+                    send_keyframe_requests(p, reqs, outputs, transports);
                 }
             }
             SubAction::CloseConsumers {

@@ -106,19 +106,7 @@ impl Producer {
         .map_err(|e| format!("unsupported rtpParameters: {e}"))?;
         let consumable = ortc::get_consumable_rtp_parameters(kind, &params, router_caps, &mapping)
             .map_err(|e| format!("unsupported rtpParameters: {e}"))?;
-        let media = params
-            .codecs
-            .iter()
-            .find(|c| !c.is_rtx())
-            .ok_or("rtpParameters has no media codec")?;
-        let codec = Codec::from_mime_type(&media.mime_type).ok_or("unknown codec")?;
-        if codec_kind(codec) != Some(kind) {
-            return Err(format!(
-                "codec {} does not match kind {}",
-                media.mime_type,
-                kind.as_str()
-            ));
-        }
+        let (media, codec) = media_codec(&params, kind)?;
         let mut pt_map = [0xFFu8; 128];
         for m in &mapping.codecs {
             if let Some(slot) = pt_map.get_mut(m.payload_type as usize) {
@@ -211,12 +199,7 @@ impl Producer {
             pt_map,
             rtx_apt,
             ext_map,
-            video_codec: match codec {
-                Codec::Vp8 => Some(VideoCodec::Vp8),
-                Codec::Vp9 => Some(VideoCodec::Vp9),
-                Codec::H264 => Some(VideoCodec::H264),
-                _ => None,
-            },
+            video_codec: video_codec(codec),
             keyframes: KeyFrameRequestManager::new(KEYFRAME_REQUEST_THROTTLE),
             next_report: now + RTCP_REPORT_INTERVAL,
             last_scores: Vec::new(),
@@ -254,19 +237,7 @@ impl Producer {
                 _ => return Err("every encoding needs its own ssrc".into()),
             }
         }
-        let media = consumable
-            .codecs
-            .iter()
-            .find(|c| !c.is_rtx())
-            .ok_or("no media codec")?;
-        let codec = Codec::from_mime_type(&media.mime_type).ok_or("unknown codec")?;
-        if codec_kind(codec) != Some(kind) {
-            return Err(format!(
-                "codec {} does not match kind {}",
-                media.mime_type,
-                kind.as_str()
-            ));
-        }
+        let (media, codec) = media_codec(&consumable, kind)?;
         let mut pt_map = [0xFFu8; 128];
         for c in consumable.codecs.iter().filter(|c| !c.is_rtx()) {
             if let Some(slot) = pt_map.get_mut(c.payload_type as usize) {
@@ -311,12 +282,7 @@ impl Producer {
             pt_map,
             rtx_apt: [0xFF; 128],
             ext_map,
-            video_codec: match codec {
-                Codec::Vp8 => Some(VideoCodec::Vp8),
-                Codec::Vp9 => Some(VideoCodec::Vp9),
-                Codec::H264 => Some(VideoCodec::H264),
-                _ => None,
-            },
+            video_codec: video_codec(codec),
             keyframes: KeyFrameRequestManager::new(KEYFRAME_REQUEST_THROTTLE),
             next_report: now + RTCP_REPORT_INTERVAL,
             last_scores: Vec::new(),
@@ -461,6 +427,36 @@ impl Producer {
                 })
                 .collect(),
         )
+    }
+}
+
+/// The first media codec of `params` and what it is; it must be of `kind`.
+fn media_codec(
+    params: &RtpParameters,
+    kind: MediaKind,
+) -> Result<(&crate::router::rtp_parameters::RtpCodecParameters, Codec), String> {
+    let media = params
+        .codecs
+        .iter()
+        .find(|c| !c.is_rtx())
+        .ok_or("rtpParameters has no media codec")?;
+    let codec = Codec::from_mime_type(&media.mime_type).ok_or("unknown codec")?;
+    if codec_kind(codec) != Some(kind) {
+        return Err(format!(
+            "codec {} does not match kind {}",
+            media.mime_type,
+            kind.as_str()
+        ));
+    }
+    Ok((media, codec))
+}
+
+fn video_codec(c: Codec) -> Option<VideoCodec> {
+    match c {
+        Codec::Vp8 => Some(VideoCodec::Vp8),
+        Codec::Vp9 => Some(VideoCodec::Vp9),
+        Codec::H264 => Some(VideoCodec::H264),
+        _ => None,
     }
 }
 
