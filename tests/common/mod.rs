@@ -3,6 +3,7 @@
 //! through a UDP fault relay ([`relay::Relay`]).
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod etcd;
 pub mod relay;
 
 use std::net::SocketAddr;
