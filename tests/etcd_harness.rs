@@ -40,3 +40,53 @@ async fn etcd_stores_values_across_a_restart() {
         "data survives a restart"
     );
 }
+
+/// What the discovery backend will rely on, checked against Debian's etcd 3.4: leased keys, a
+/// watch from a revision, and keys vanishing with their lease.
+#[tokio::test]
+async fn etcd_client_leases_and_watches_work_against_this_etcd() {
+    use etcd_client::{Client, EventType, PutOptions, WatchOptions};
+    let etcd = Etcd::start().await;
+    let mut c = Client::connect([etcd.endpoint()], None)
+        .await
+        .expect("etcd-client connects");
+    let lease = c.lease_grant(5, None).await.expect("lease granted").id();
+    let put = c
+        .put(
+            "/pipemesh/test/nodes/a",
+            "{}",
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .expect("leased put");
+    let rev = put.header().expect("header").revision();
+    let (_w, mut stream) = c
+        .watch(
+            "/pipemesh/test/",
+            Some(WatchOptions::new().with_prefix().with_start_revision(rev)),
+        )
+        .await
+        .expect("watch");
+    c.lease_revoke(lease).await.expect("lease revoked");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+            .await
+            .expect("watch event within 10 s")
+            .expect("watch stream ok")
+            .expect("watch stream open");
+        seen.extend(resp.events().iter().map(|e| e.event_type()));
+    }
+    assert_eq!(
+        seen,
+        vec![EventType::Put, EventType::Delete],
+        "put seen from its revision, then the lease's delete"
+    );
+    let left = c
+        .get("/pipemesh/test/nodes/a", None)
+        .await
+        .expect("get")
+        .kvs()
+        .len();
+    assert_eq!(left, 0, "the key went with its lease");
+}
