@@ -60,11 +60,14 @@ pub(super) struct Pipes {
 impl Pipes {
     /// Pipe state with this grace period for consumers without media.
     pub(super) fn new(grace: Duration) -> Self {
+        let sub_config = SubscriptionConfig {
+            // Zero is the only invalid grace; the defaults of the rest are valid.
+            grace_period: grace.max(Duration::from_millis(1)),
+            ..SubscriptionConfig::default()
+        };
+        debug_assert!(sub_config.validate().is_ok());
         Self {
-            sub_config: SubscriptionConfig {
-                grace_period: grace,
-                ..SubscriptionConfig::default()
-            },
+            sub_config,
             ..Self::default()
         }
     }
@@ -91,10 +94,7 @@ impl Pipes {
         let up = self.up.contains(node);
         let config = self.sub_config.clone();
         self.links.entry(node.clone()).or_insert_with(|| {
-            // The configuration is validated when the worker enables pipes.
-            let mut s = Subscriptions::new(config).unwrap_or_else(|_| {
-                Subscriptions::new(SubscriptionConfig::default()).expect("default config is valid")
-            });
+            let mut s = Subscriptions::new(config).expect("validated by Pipes::new");
             if up {
                 s.on_link_up(now);
             }
@@ -139,7 +139,7 @@ impl Worker {
         grace: Duration,
     ) {
         self.directory = directory;
-        self.pipes = Pipes::new(grace.max(Duration::from_millis(1)));
+        self.pipes = Pipes::new(grace);
     }
 
     /// The pipe link to `node` is up (handshake done).
@@ -266,8 +266,12 @@ impl Worker {
                     let _ = s.on_subscribe_failed(now, RequestId(request_id), reason);
                 }
             }
-            M::ProducerPaused { producer_id } => self.remote_pause(now, node, &producer_id, true),
-            M::ProducerResumed { producer_id } => self.remote_pause(now, node, &producer_id, false),
+            M::ProducerPaused { producer_id } => {
+                self.remote_pause(now, node, &producer_id, Some(true), None)
+            }
+            M::ProducerResumed { producer_id } => {
+                self.remote_pause(now, node, &producer_id, Some(false), None)
+            }
             M::ProducerClosed { producer_id } => {
                 if let Some(room) = self.remote_room(&producer_id, node) {
                     self.close_pipe_producer(&room, &producer_id);
@@ -554,12 +558,15 @@ impl Worker {
         );
     }
 
+    /// Sets a pipe producer's origin pause and/or link pause (see
+    /// [`super::room::Room::set_producer_pause`]).
     fn remote_pause(
         &mut self,
         now: Instant,
         node: &NodeId,
         producer_id: &ProducerId,
-        paused: bool,
+        paused: Option<bool>,
+        link_paused: Option<bool>,
     ) {
         let Some(room_id) = self.remote_room(producer_id, node) else {
             return;
@@ -568,8 +575,8 @@ impl Worker {
             room.set_producer_pause(
                 now,
                 producer_id,
-                Some(paused),
-                None,
+                paused,
+                link_paused,
                 &mut self.outputs,
                 &mut self.transports,
             );
@@ -798,42 +805,22 @@ impl Worker {
                 self.pipes
                     .inbound
                     .retain(|(n, _), (_, p, _)| !(n == node && *p == producer_id));
-                if let Some(room) = self.remote_room(&producer_id, node) {
-                    if let Some(Source::Pipe(pipe)) = self
-                        .rooms
-                        .get_mut(&room)
-                        .and_then(|r| r.producers.get_mut(&producer_id))
-                        .map(|p| &mut p.source)
-                    {
-                        pipe.stream_ids.clear();
-                    }
+                if let Some(Source::Pipe(pipe)) = self
+                    .remote_producer_mut(&producer_id, node)
+                    .map(|p| &mut p.source)
+                {
+                    pipe.stream_ids.clear();
                 }
                 self.outputs.push_back(Output::PipeControl {
                     node: node.clone(),
                     msg: ControlMessage::Unsubscribe { producer_id },
                 });
             }
-            SubAction::PauseConsumers { .. } | SubAction::ResumeConsumers { .. } => {
-                let (SubAction::PauseConsumers { producer_id }
-                | SubAction::ResumeConsumers { producer_id }) = &action
-                else {
-                    return;
-                };
-                let producer_id = producer_id.clone();
-                let pause = matches!(action, SubAction::PauseConsumers { .. });
-                let Some(room_id) = self.remote_room(&producer_id, node) else {
-                    return;
-                };
-                if let Some(room) = self.rooms.get_mut(&room_id) {
-                    room.set_producer_pause(
-                        now,
-                        &producer_id,
-                        None,
-                        Some(pause),
-                        &mut self.outputs,
-                        &mut self.transports,
-                    );
-                }
+            SubAction::PauseConsumers { producer_id } => {
+                self.remote_pause(now, node, &producer_id, None, Some(true))
+            }
+            SubAction::ResumeConsumers { producer_id } => {
+                self.remote_pause(now, node, &producer_id, None, Some(false))
             }
             SubAction::RequestKeyFrame { producer_id } => {
                 let Some(room_id) = self.remote_room(&producer_id, node) else {
