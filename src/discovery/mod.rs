@@ -1,7 +1,16 @@
-//! Discovery: which nodes host which rooms, and the peers and producers of each room across the
-//! cluster.
+//! Discovery: which nodes exist, which rooms they host, and the peers and producers of each
+//! room across the cluster.
 //!
-//! [`directory`] is the sans-IO room directory that merges this node's rooms with what other
-//! nodes announce (today over pipes to static peers; etcd is the next backend).
+//! - [`directory`]: the [`directory::RoomDirectory`] trait the worker talks to, the single-node
+//!   [`directory::LocalDirectory`] and the static-peer [`directory::GossipDirectory`].
+//! - [`registry`]: the boundary to a revisioned, leased key-value registry (ops out, updates in).
+//! - [`keys`]: the key layout and value records under the cluster prefix.
+//! - [`cluster`]: [`cluster::ClusterDirectory`], the sans-IO directory over a registry.
+//! - [`etcd`] and [`in_process`]: the two registry backends (tokio tasks).
 
+pub mod cluster;
 pub mod directory;
+pub mod etcd;
+pub mod in_process;
+pub mod keys;
+pub mod registry;
