@@ -82,6 +82,31 @@ pub struct Config {
     /// Seconds consumers of a remote producer wait without media (pipe link down) before they
     /// are closed and their peers told `consumerClosed`.
     pub pipe_grace_secs: u64,
+    /// `HOST:PORT` other nodes dial to reach this node's pipe listener. Unset: the announced
+    /// address with the pipe listener's port.
+    pub pipe_announced_address: Option<String>,
+    /// WebSocket URL clients use to reach this node's signaling (published in the cluster
+    /// registry). Unset: `ws://<announced address>:<signaling port>`.
+    pub signaling_url: Option<String>,
+    /// etcd client URLs (`http://host:2379` or `https://...`). Empty: a single node on the
+    /// in-process registry.
+    pub etcd_endpoints: Vec<String>,
+    /// CA certificate (PEM) that signs the etcd servers' certificates (for `https` endpoints).
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd client-certificate authentication.
+    pub etcd_cert: Option<PathBuf>,
+    /// Client private key (PEM) for etcd client-certificate authentication.
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user (role-based authentication); the password comes from `etcd_password_file`
+    /// or the `PIPEMESH_ETCD_PASSWORD` environment variable.
+    pub etcd_user: Option<String>,
+    /// File holding the etcd user's password (first line).
+    pub etcd_password_file: Option<PathBuf>,
+    /// TTL in seconds of this node's etcd lease: a node that dies is removed from the cluster
+    /// this long after its last keepalive.
+    pub etcd_lease_ttl_secs: u64,
+    /// Seconds to wait for etcd at start before refusing to start.
+    pub etcd_connect_timeout_secs: u64,
 }
 
 /// A static peer: another node and the address of its pipe listener.
@@ -148,6 +173,16 @@ impl Default for Config {
             node_key: None,
             insecure_pipes: false,
             pipe_grace_secs: 10,
+            pipe_announced_address: None,
+            signaling_url: None,
+            etcd_endpoints: Vec::new(),
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
+            etcd_user: None,
+            etcd_password_file: None,
+            etcd_lease_ttl_secs: 3,
+            etcd_connect_timeout_secs: 10,
         }
     }
 }
@@ -220,6 +255,46 @@ pub struct ServeArgs {
     /// Seconds remote consumers wait for a broken pipe link before closing [default: 10]
     #[arg(long, env = "PIPEMESH_PIPE_GRACE_SECS")]
     pub pipe_grace_secs: Option<u64>,
+    /// HOST:PORT other nodes dial for this node's pipes [default: announced address + pipe port]
+    #[arg(
+        long,
+        env = "PIPEMESH_PIPE_ANNOUNCED_ADDRESS",
+        value_name = "HOST:PORT"
+    )]
+    pub pipe_announced_address: Option<String>,
+    /// Signaling URL published for this node [default: ws://<announced address>:<port>]
+    #[arg(long, env = "PIPEMESH_SIGNALING_URL", value_name = "URL")]
+    pub signaling_url: Option<String>,
+    /// etcd endpoints; joins the cluster through etcd (environment: comma-separated)
+    /// [default: none, a single node on the in-process registry]
+    #[arg(
+        long,
+        env = "PIPEMESH_ETCD_ENDPOINTS",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// CA certificate (PEM) of the etcd servers
+    #[arg(long, env = "PIPEMESH_ETCD_CA", value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd
+    #[arg(long, env = "PIPEMESH_ETCD_CERT", value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Client private key (PEM) for etcd
+    #[arg(long, env = "PIPEMESH_ETCD_KEY", value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user (password: --etcd-password-file or PIPEMESH_ETCD_PASSWORD)
+    #[arg(long, env = "PIPEMESH_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// File with the etcd user's password
+    #[arg(long, env = "PIPEMESH_ETCD_PASSWORD_FILE", value_name = "FILE")]
+    pub etcd_password_file: Option<PathBuf>,
+    /// TTL of this node's etcd lease, seconds [default: 3]
+    #[arg(long, env = "PIPEMESH_ETCD_LEASE_TTL_SECS")]
+    pub etcd_lease_ttl_secs: Option<u64>,
+    /// Seconds to wait for etcd at start [default: 10]
+    #[arg(long, env = "PIPEMESH_ETCD_CONNECT_TIMEOUT_SECS")]
+    pub etcd_connect_timeout_secs: Option<u64>,
 }
 
 impl Config {
@@ -310,6 +385,36 @@ impl Config {
         if let Some(v) = a.pipe_grace_secs {
             self.pipe_grace_secs = v;
         }
+        if let Some(v) = &a.pipe_announced_address {
+            self.pipe_announced_address = Some(v.clone());
+        }
+        if let Some(v) = &a.signaling_url {
+            self.signaling_url = Some(v.clone());
+        }
+        if !a.etcd_endpoints.is_empty() {
+            self.etcd_endpoints = a.etcd_endpoints.clone();
+        }
+        if let Some(v) = &a.etcd_ca {
+            self.etcd_ca = Some(v.clone());
+        }
+        if let Some(v) = &a.etcd_cert {
+            self.etcd_cert = Some(v.clone());
+        }
+        if let Some(v) = &a.etcd_key {
+            self.etcd_key = Some(v.clone());
+        }
+        if let Some(v) = &a.etcd_user {
+            self.etcd_user = Some(v.clone());
+        }
+        if let Some(v) = &a.etcd_password_file {
+            self.etcd_password_file = Some(v.clone());
+        }
+        if let Some(v) = a.etcd_lease_ttl_secs {
+            self.etcd_lease_ttl_secs = v;
+        }
+        if let Some(v) = a.etcd_connect_timeout_secs {
+            self.etcd_connect_timeout_secs = v;
+        }
     }
 
     /// Refuses values that cannot work.
@@ -372,6 +477,25 @@ impl Config {
                 reason: "pipes need --cluster-ca, --node-cert and --node-key (or --insecure-pipes for local experiments)".into(),
             });
         }
+        self.validate_etcd(!peers.is_empty())?;
+        if let Some(a) = &self.pipe_announced_address {
+            if a.rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().map_or(true, |p| p == 0))
+            {
+                return Err(ConfigError::Invalid {
+                    name: "pipe_announced_address",
+                    reason: format!("{a:?} is not HOST:PORT"),
+                });
+            }
+        }
+        if let Some(u) = &self.signaling_url {
+            if !(u.starts_with("ws://") || u.starts_with("wss://")) {
+                return Err(ConfigError::Invalid {
+                    name: "signaling_url",
+                    reason: format!("{u:?} must start with ws:// or wss://"),
+                });
+            }
+        }
         if let Some(a) = &self.announced_address {
             if a.is_empty() {
                 return Err(ConfigError::Invalid {
@@ -381,6 +505,116 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    fn validate_etcd(&self, static_peers: bool) -> Result<(), ConfigError> {
+        let invalid = |name, reason: String| Err(ConfigError::Invalid { name, reason });
+        if self.etcd_lease_ttl_secs < 2 || self.etcd_lease_ttl_secs > 600 {
+            return invalid(
+                "etcd_lease_ttl_secs",
+                "must be between 2 and 600 (etcd refuses shorter leases)".into(),
+            );
+        }
+        if self.etcd_connect_timeout_secs == 0 || self.etcd_connect_timeout_secs > 3600 {
+            return invalid(
+                "etcd_connect_timeout_secs",
+                "must be between 1 and 3600".into(),
+            );
+        }
+        if self.etcd_endpoints.is_empty() {
+            let etcd_only = [
+                ("etcd_ca", self.etcd_ca.is_some()),
+                ("etcd_cert", self.etcd_cert.is_some()),
+                ("etcd_key", self.etcd_key.is_some()),
+                ("etcd_user", self.etcd_user.is_some()),
+                ("etcd_password_file", self.etcd_password_file.is_some()),
+            ];
+            if let Some((name, _)) = etcd_only.iter().find(|(_, set)| *set) {
+                return invalid(name, "only meaningful with --etcd-endpoints".into());
+            }
+            return Ok(());
+        }
+        for e in &self.etcd_endpoints {
+            let rest = e
+                .strip_prefix("http://")
+                .or_else(|| e.strip_prefix("https://"))
+                .unwrap_or(e);
+            if rest.is_empty() || rest.contains('/') && !rest.ends_with('/') {
+                return invalid(
+                    "etcd_endpoints",
+                    format!("{e:?} is not [http[s]://]HOST:PORT"),
+                );
+            }
+        }
+        if static_peers {
+            return invalid(
+                "static_peers",
+                "static peers and etcd discovery are exclusive: with --etcd-endpoints nodes \
+                 find each other in etcd"
+                    .into(),
+            );
+        }
+        if self.pipe_listen.is_none() {
+            return invalid(
+                "pipe_listen",
+                "a cluster node needs --pipe-listen (the QUIC address other nodes reach it on)"
+                    .into(),
+            );
+        }
+        if self.etcd_cert.is_some() != self.etcd_key.is_some() {
+            return invalid(
+                "etcd_cert/etcd_key",
+                "give both the client certificate and its key, or neither".into(),
+            );
+        }
+        if self.etcd_password_file.is_some() && self.etcd_user.is_none() {
+            return invalid("etcd_password_file", "needs --etcd-user".into());
+        }
+        Ok(())
+    }
+
+    /// The etcd password: `etcd_password_file`'s first line, else `PIPEMESH_ETCD_PASSWORD`.
+    pub fn etcd_password(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(path) = &self.etcd_password_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            return Ok(Some(text.lines().next().unwrap_or("").to_owned()));
+        }
+        Ok(std::env::var("PIPEMESH_ETCD_PASSWORD").ok())
+    }
+
+    /// The address other nodes dial for this node's pipes, given the bound pipe port.
+    pub fn effective_pipe_address(&self, pipe_port: u16) -> String {
+        if let Some(a) = &self.pipe_announced_address {
+            return a.clone();
+        }
+        let host = match self.pipe_listen.map(|a| a.ip()) {
+            Some(ip) if !ip.is_unspecified() => ip.to_string(),
+            _ => self.effective_announced_address(),
+        };
+        if host.contains(':') {
+            format!("[{host}]:{pipe_port}")
+        } else {
+            format!("{host}:{pipe_port}")
+        }
+    }
+
+    /// The signaling URL published for this node, given the bound signaling port.
+    pub fn effective_signaling_url(&self, signaling_port: u16) -> String {
+        if let Some(u) = &self.signaling_url {
+            return u.clone();
+        }
+        let host = match self.signaling_listen.ip() {
+            ip if !ip.is_unspecified() => ip.to_string(),
+            _ => self.effective_announced_address(),
+        };
+        if host.contains(':') {
+            format!("ws://[{host}]:{signaling_port}")
+        } else {
+            format!("ws://{host}:{signaling_port}")
+        }
     }
 
     /// The static peers, parsed.
@@ -517,6 +751,96 @@ mod tests {
             Config::from_toml("static_peers = [\"b=h:1\", \"c=h:2\"]\ninsecure_pipes = true\n")
                 .unwrap();
         assert_eq!(from_file.parsed_static_peers().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn etcd_settings_are_checked() {
+        let base = Config {
+            node_id: "a".into(),
+            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+            insecure_pipes: true,
+            pipe_listen: Some("127.0.0.1:7000".parse().unwrap()),
+            ..Config::default()
+        };
+        base.validate().unwrap();
+        let invalid = |cfg: Config| match cfg.validate() {
+            Err(ConfigError::Invalid { name, .. }) => name,
+            other => panic!("expected an invalid setting, got {other:?}"),
+        };
+        assert_eq!(
+            invalid(Config {
+                pipe_listen: None,
+                ..base.clone()
+            }),
+            "pipe_listen"
+        );
+        assert_eq!(
+            invalid(Config {
+                static_peers: vec!["b=127.0.0.1:1".into()],
+                ..base.clone()
+            }),
+            "static_peers"
+        );
+        assert_eq!(
+            invalid(Config {
+                etcd_lease_ttl_secs: 1,
+                ..base.clone()
+            }),
+            "etcd_lease_ttl_secs"
+        );
+        assert_eq!(
+            invalid(Config {
+                etcd_cert: Some("c.pem".into()),
+                ..base.clone()
+            }),
+            "etcd_cert/etcd_key"
+        );
+        assert_eq!(
+            invalid(Config {
+                etcd_password_file: Some("pw".into()),
+                ..base.clone()
+            }),
+            "etcd_password_file"
+        );
+        assert_eq!(
+            invalid(Config {
+                etcd_endpoints: Vec::new(),
+                etcd_user: Some("u".into()),
+                ..base.clone()
+            }),
+            "etcd_user"
+        );
+        assert_eq!(
+            invalid(Config {
+                pipe_announced_address: Some("nohost".into()),
+                ..base.clone()
+            }),
+            "pipe_announced_address"
+        );
+        assert_eq!(
+            invalid(Config {
+                signaling_url: Some("http://x".into()),
+                ..base.clone()
+            }),
+            "signaling_url"
+        );
+        assert_eq!(base.effective_pipe_address(7000), "127.0.0.1:7000");
+        let announced = Config {
+            pipe_listen: Some("0.0.0.0:7000".parse().unwrap()),
+            announced_address: Some("203.0.113.5".into()),
+            ..base.clone()
+        };
+        assert_eq!(announced.effective_pipe_address(7001), "203.0.113.5:7001");
+        assert_eq!(
+            announced.effective_signaling_url(4443),
+            "ws://203.0.113.5:4443"
+        );
+        let from_file = Config::from_toml(
+            "etcd_endpoints = [\"http://e1:2379\", \"http://e2:2379\"]\netcd_lease_ttl_secs = 5\n",
+        )
+        .unwrap();
+        assert_eq!(from_file.etcd_endpoints.len(), 2);
+        assert_eq!(from_file.etcd_lease_ttl_secs, 5);
     }
 
     #[test]
