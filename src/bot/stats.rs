@@ -22,6 +22,10 @@ use crate::timing::BOT_RATE_BUCKET;
 
 /// Number of most recent one-way latency samples kept per stream.
 pub const OWD_WINDOW: usize = 1024;
+/// Interarrival gaps at least this long are remembered (see [`RecvStats::long_gaps`]).
+pub const LONG_GAP: Duration = Duration::from_millis(100);
+/// How many long gaps are remembered per stream (the first ones are kept).
+pub const MAX_LONG_GAPS: usize = 256;
 /// Number of bitrate buckets: the "recent" bitrate covers `BOT_RATE_BUCKET * RATE_BUCKETS` (2 s).
 pub const RATE_BUCKETS: usize = 20;
 
@@ -86,6 +90,8 @@ pub struct RecvStats {
     rate: [(u64, u64); RATE_BUCKETS],
     keyframes: u64,
     frames: u64,
+    /// (arrival that ended the gap, gap length) of gaps of at least [`LONG_GAP`].
+    long_gaps: Vec<(Instant, Duration)>,
 }
 
 impl RecvStats {
@@ -112,6 +118,7 @@ impl RecvStats {
             rate: [(0, 0); RATE_BUCKETS],
             keyframes: 0,
             frames: 0,
+            long_gaps: Vec::new(),
         }
     }
 
@@ -125,10 +132,22 @@ impl RecvStats {
         self.last_arrival
     }
 
+    /// Interarrival gaps of at least [`LONG_GAP`]: when each ended and how long it was (the
+    /// first [`MAX_LONG_GAPS`]). A media outage shows up here with its exact length.
+    pub fn long_gaps(&self) -> &[(Instant, Duration)] {
+        &self.long_gaps
+    }
+
     /// Accounts one received packet. `now` is its arrival time, `wall_us` the receiver's wall
     /// clock in microseconds since the UNIX epoch. The caller has checked `pkt.ssrc()`.
     pub fn on_packet(&mut self, now: Instant, wall_us: u64, pkt: &RtpView<impl AsRef<[u8]>>) {
         let first = *self.first_arrival.get_or_insert(now);
+        if let Some(last) = self.last_arrival {
+            let gap = now.saturating_duration_since(last);
+            if gap >= LONG_GAP && self.long_gaps.len() < MAX_LONG_GAPS {
+                self.long_gaps.push((now, gap));
+            }
+        }
         self.last_arrival = Some(now);
         self.received += 1;
         self.bytes += pkt.len() as u64;
@@ -514,6 +533,26 @@ mod tests {
         assert_eq!((s.received, s.expected, s.lost), (90, 100, 10));
         assert!((s.loss_fraction() - 0.1).abs() < 1e-9);
         assert!(s.to_string().contains("lost=10(10.00%)"), "{s}");
+    }
+
+    #[test]
+    fn long_interarrival_gaps_are_recorded() {
+        let t0 = Instant::now();
+        let mut s = RecvStats::new(7, Codec::Opus, 48_000);
+        // 20 ms apart, then a 99 ms gap (not long), then a 350 ms gap.
+        let times = [0u64, 20, 40, 139, 159, 509, 529];
+        for (i, ms) in times.iter().enumerate() {
+            let b = rtp(i as u16, 0, false);
+            s.on_packet(
+                t0 + Duration::from_millis(*ms),
+                0,
+                &RtpView::parse(&b).unwrap(),
+            );
+        }
+        assert_eq!(
+            s.long_gaps(),
+            &[(t0 + Duration::from_millis(509), Duration::from_millis(350))]
+        );
     }
 
     #[test]
