@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 pub mod etcd;
+pub mod process;
 pub mod relay;
 
 use std::net::SocketAddr;
