@@ -445,14 +445,206 @@ export function stats({ page }) {
 	return page.evaluate(() => window.pm.stats());
 }
 
-/** Polls pm.stats() every 500 ms until predicate(stats) holds or the deadline passes. */
-export async function waitForStats(peer, predicate, { timeoutMs = 30000, what = 'condition' } = {}) {
+/** Polls pm.stats() every `intervalMs` (500) until predicate(stats) holds or the deadline passes. */
+export async function waitForStats(peer, predicate, { timeoutMs = 30000, what = 'condition', intervalMs = 500 } = {}) {
 	const deadline = Date.now() + timeoutMs;
 	let last;
 	while (Date.now() < deadline) {
 		last = await stats(peer);
 		if (predicate(last)) return last;
-		await delay(500);
+		await delay(intervalMs);
 	}
 	throw new Error(`page ${peer.name}: timed out after ${timeoutMs} ms waiting for ${what}; last stats:\n${JSON.stringify(last, null, 1)}`);
+}
+
+// ------------------------------------------------------------------ etcd (discovery)
+
+/** The etcd binary: Debian's `etcd` (package etcd-server) unless PIPEMESH_ETCD_BIN says otherwise. */
+export function etcdBinary() {
+	return process.env.PIPEMESH_ETCD_BIN || 'etcd';
+}
+
+/**
+ * Starts a single-member etcd on free loopback client and peer ports with its own temporary
+ * data directory (the flags of tests/common/etcd.rs) and waits until GET /health reports
+ * {"health":"true"}. Returns { endpoint, clientPort, peerPort, dataDir, output(), exited(), stop() };
+ * stop() kills etcd (SIGKILL: nothing in it outlives the test) and removes the data directory.
+ */
+export async function startEtcd({ readyTimeoutMs = 15000 } = {}) {
+	const bin = etcdBinary();
+	const [clientPort, peerPort] = await freePorts(2);
+	const dataDir = mkdtempSync(join(tmpdir(), 'pipemesh-etcd-'));
+	const client = `http://127.0.0.1:${clientPort}`;
+	const peer = `http://127.0.0.1:${peerPort}`;
+	const args = [
+		'--name=pm',
+		`--data-dir=${dataDir}`,
+		`--listen-client-urls=${client}`,
+		`--advertise-client-urls=${client}`,
+		`--listen-peer-urls=${peer}`,
+		`--initial-advertise-peer-urls=${peer}`,
+		`--initial-cluster=pm=${peer}`,
+		'--log-level=error',
+	];
+	const lines = [];
+	const keep = (chunk) => {
+		for (const l of String(chunk).split('\n')) if (l) lines.push(`[etcd] ${l}`);
+		if (lines.length > 1000) lines.splice(0, lines.length - 1000);
+	};
+	const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+	child.stdout.on('data', keep);
+	child.stderr.on('data', keep);
+	let exited = null;
+	let spawnError = null;
+	const exitPromise = new Promise((res) => {
+		child.once('exit', (code, signal) => { exited = { code, signal }; res(exited); });
+		child.once('error', (e) => { spawnError = e; exited = exited || { code: null, signal: null }; res(exited); });
+	});
+	const removeDir = () => rmSync(dataDir, { recursive: true, force: true });
+	// Backstop: never leave etcd (or its data) behind if the test process dies.
+	const onExit = () => {
+		if (!exited) try { child.kill('SIGKILL'); } catch { /* gone */ }
+		try { removeDir(); } catch { /* best effort */ }
+	};
+	const onSignal = (sig) => { onExit(); process.exit(sig === 'SIGINT' ? 130 : 143); };
+	process.once('exit', onExit);
+	process.once('SIGINT', onSignal);
+	process.once('SIGTERM', onSignal);
+
+	const output = () => lines.join('\n');
+	const stop = async () => {
+		process.removeListener('exit', onExit);
+		process.removeListener('SIGINT', onSignal);
+		process.removeListener('SIGTERM', onSignal);
+		if (!exited) child.kill('SIGKILL');
+		const r = await exitPromise;
+		removeDir();
+		return r;
+	};
+	const cmdline = `${bin} ${args.join(' ')}`;
+	const healthUrl = `${client}/health`;
+
+	const deadline = Date.now() + readyTimeoutMs;
+	let lastProblem = 'no answer yet';
+	while (Date.now() < deadline) {
+		if (exited) {
+			await stop();
+			const hint = spawnError && spawnError.code === 'ENOENT'
+				? ` (not found: install Debian's etcd-server, \`apt-get install -y etcd-server\`, or set PIPEMESH_ETCD_BIN)`
+				: '';
+			throw new Error(
+				`etcd exited before becoming healthy (code ${exited.code}, signal ${exited.signal}` +
+				`${spawnError ? `, spawn error: ${spawnError.message}${hint}` : ''}).\n` +
+				`command: ${cmdline}\n--- etcd output ---\n${output() || '(none)'}`,
+			);
+		}
+		try {
+			const r = await fetch(healthUrl, { signal: AbortSignal.timeout(1000) });
+			const body = await r.text();
+			let health = null;
+			try { health = JSON.parse(body).health; } catch { /* not JSON yet */ }
+			if (r.status === 200 && health === 'true') {
+				return {
+					endpoint: client, clientPort, peerPort, dataDir, cmdline, healthUrl,
+					exited: () => exited,
+					output,
+					stop,
+				};
+			}
+			lastProblem = `HTTP ${r.status} ${body.trim().slice(0, 200)}`;
+		} catch (e) {
+			lastProblem = e.cause ? `${e.cause.code || e.cause.message}` : e.message;
+		}
+		await delay(100);
+	}
+	await stop();
+	throw new Error(
+		`etcd did not report {"health":"true"} on ${healthUrl} within ${readyTimeoutMs} ms (last: ${lastProblem}).\n` +
+		`command: ${cmdline}\n--- etcd output ---\n${output() || '(none)'}`,
+	);
+}
+
+/**
+ * Polls a node's admin GET /readyz until 200 (its etcd session is up); /readyz answers
+ * 503 until then. Fails fast when the node exits; the error carries the node's output tail.
+ */
+export async function waitForReadyz(server, { timeoutMs = 20000 } = {}) {
+	const url = `http://127.0.0.1:${server.adminPort}/readyz`;
+	const deadline = Date.now() + timeoutMs;
+	let lastProblem = 'no answer yet';
+	while (Date.now() < deadline) {
+		const gone = server.exited && server.exited();
+		if (gone) {
+			throw new Error(`${server.label || 'pipemesh'} exited (code ${gone.code}, signal ${gone.signal}) before /readyz answered 200.\n` +
+				`--- server output ---\n${server.output() || '(none)'}`);
+		}
+		try {
+			const r = await fetch(url, { signal: AbortSignal.timeout(1000) });
+			const body = await r.text();
+			if (r.status === 200) return;
+			lastProblem = `HTTP ${r.status} ${body.trim().slice(0, 200)}`;
+		} catch (e) {
+			lastProblem = e.cause ? `${e.cause.code || e.cause.message}` : e.message;
+		}
+		await delay(200);
+	}
+	throw new Error(`${server.label || 'pipemesh'}: GET ${url} not 200 within ${timeoutMs} ms (last: ${lastProblem}).\n` +
+		`command: ${server.cmdline}\n--- server output (tail) ---\n${server.output().split('\n').slice(-100).join('\n') || '(none)'}`);
+}
+
+/** GET `path` on a node's admin port as JSON (throws on a non-200 answer). */
+export async function fetchAdminJson(server, path) {
+	const r = await fetch(`http://127.0.0.1:${server.adminPort}${path}`, { signal: AbortSignal.timeout(2000) });
+	const body = await r.text();
+	if (r.status !== 200) throw new Error(`GET ${path} on ${server.label || 'pipemesh'}: HTTP ${r.status} ${body.slice(0, 500)}`);
+	return JSON.parse(body);
+}
+
+/**
+ * Starts one `pipemesh serve` per node id in etcd cluster mode: every node registers in
+ * `etcd` (a startEtcd() handle, or an endpoint string) under `cluster` and finds the others
+ * there (no static peers), with an insecure QUIC pipe listener on a free loopback UDP port
+ * and a 3 s lease. Waits for /healthz, then /readyz 200 on every node.
+ * Returns { nodes: {id: server}, ids, endpoint, output(), stop() }; when any node fails to
+ * start or get ready, the ones already running are stopped before the error is rethrown.
+ */
+export async function startEtcdCluster(nodeIds, {
+	etcd, cluster = 'pipemesh', leaseTtlSecs = 3, extraArgs = [], env = {}, readyTimeoutMs = 20000,
+} = {}) {
+	const endpoint = typeof etcd === 'string' ? etcd : etcd && etcd.endpoint;
+	if (!endpoint) throw new Error('startEtcdCluster needs { etcd }: a startEtcd() handle or an endpoint URL');
+	const pipePorts = await freePorts(nodeIds.length, { udp: true });
+	const pipePort = Object.fromEntries(nodeIds.map((id, i) => [id, pipePorts[i]]));
+	const nodes = {};
+	const stop = async () => {
+		const results = {};
+		for (const [id, n] of Object.entries(nodes).reverse()) results[id] = await n.stop();
+		return results;
+	};
+	try {
+		for (const id of nodeIds) {
+			const args = [
+				'--node-id', id,
+				'--cluster', cluster,
+				'--etcd-endpoints', endpoint,
+				'--pipe-listen', `127.0.0.1:${pipePort[id]}`,
+				'--insecure-pipes',
+				'--etcd-lease-ttl-secs', String(leaseTtlSecs),
+				...extraArgs,
+			];
+			nodes[id] = await startPipemesh({ label: id, avoidPorts: pipePorts, extraArgs: args, env });
+			nodes[id].pipePort = pipePort[id];
+		}
+		await Promise.all(Object.values(nodes).map((n) => waitForReadyz(n, { timeoutMs: readyTimeoutMs })));
+	} catch (e) {
+		await stop().catch(() => {});
+		throw e;
+	}
+	return {
+		nodes,
+		ids: [...nodeIds],
+		endpoint,
+		output: () => Object.values(nodes).map((n) => n.output()).join('\n'),
+		stop,
+	};
 }
