@@ -291,6 +291,7 @@ async fn start_pipes(
             identity,
             cluster: cfg.cluster.clone(),
             peers: resolved,
+            accept_unknown: false,
             tuning: TransportTuning::default(),
             link: LinkConfig {
                 rng_seed: rand::random(),

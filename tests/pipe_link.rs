@@ -77,6 +77,7 @@ fn start(
         identity,
         cluster: cluster.to_owned(),
         peers,
+        accept_unknown: false,
         tuning: TransportTuning::default(),
         link: fast_link(),
     };

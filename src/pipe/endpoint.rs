@@ -1,10 +1,17 @@
 //! The QUIC pipe endpoint: one `quinn::Endpoint` per node, server and client at once, holding
-//! one link per configured static peer. Glue only: the dialing side is driven by the sans-IO
+//! one link per remote node. Glue only: the dialing side is driven by the sans-IO
 //! [`LinkState`]; framing and checks come from [`crate::pipe::wire`] and [`crate::pipe::tls`].
 //!
 //! One link per pair of nodes: the node whose id is lexicographically smaller dials, the other
 //! only accepts (and refuses a dial from a larger id with [`RefuseCode::DuplicateLink`]), so two
 //! nodes never race each other into two connections.
+//!
+//! Which nodes: static peers ([`EndpointConfig::peers`]) are always needed and dialed from the
+//! start. Nodes learned at run time get a link on demand: [`PipeHandle::want`] needs it,
+//! [`PipeHandle::unwant`] lets it close after [`LinkConfig::idle_linger`]; with
+//! [`EndpointConfig::accept_unknown`] a node that is not a static peer may dial us. Each node has
+//! one slot (counters, the up link) for as long as it matters; at most [`MAX_PEERS`] slots, idle
+//! dynamic ones are forgotten to make room.
 //!
 //! A link is one QUIC connection: the first bidirectional stream (opened by the dialer) carries
 //! the Hello/HelloAck handshake and then length-prefixed control frames; media travels as QUIC
@@ -15,6 +22,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -36,6 +44,9 @@ pub const EVENT_QUEUE: usize = 1024;
 pub const CONTROL_QUEUE: usize = 256;
 /// Incoming connections being handshaken at once; more are refused.
 pub const MAX_PENDING_ACCEPTS: usize = 64;
+/// Nodes with a slot at once (static, wanted or accepted). When full, idle dynamic slots (not
+/// wanted, link down) are forgotten to make room; if none is idle, new nodes are refused.
+pub const MAX_PEERS: usize = 1024;
 /// How long a refusing side waits for the peer to read its Refuse and close.
 const REFUSE_LINGER: Duration = Duration::from_millis(500);
 /// Bytes read from the control stream per wake-up.
@@ -59,11 +70,26 @@ pub enum EndpointError {
     InvalidPeer(String),
 }
 
+/// Errors of [`PipeHandle::want`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WantError {
+    /// The node is this node itself.
+    #[error("{0:?} is this node")]
+    OwnId(String),
+    /// The endpoint has shut down; no link is opened any more.
+    #[error("the pipe endpoint has shut down")]
+    Stopped,
+    /// [`MAX_PEERS`] nodes have a slot and none of them is idle.
+    #[error("{0} pipe peers already, none idle")]
+    TooManyPeers(usize),
+}
+
 /// Errors of [`PipeHandle::send_control`] and [`PipeHandle::send_datagram`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SendError {
-    /// The node is not a configured static peer.
+    /// The node has no slot: not a static peer, never wanted, never accepted (or forgotten).
     #[error("unknown pipe peer {0:?}")]
     UnknownPeer(String),
     /// The link to the node is not up; nothing was sent.
@@ -127,11 +153,17 @@ pub struct EndpointConfig {
     pub identity: PipeIdentity,
     /// The cluster name; Hellos from other clusters are refused.
     pub cluster: String,
-    /// Static peers: node id and address.
+    /// Static peers: node id and address. Always needed; [`PipeHandle::unwant`] ignores them.
     pub peers: Vec<(String, SocketAddr)>,
+    /// Accept links from nodes that are not static peers (cluster discovery), once TLS has
+    /// authenticated them: a certificate of the cluster CA, whose id is the node's, or with an
+    /// insecure identity the id of the Hello. Otherwise such nodes are refused with
+    /// [`RefuseCode::WrongNodeId`].
+    pub accept_unknown: bool,
     /// QUIC transport settings.
     pub tuning: TransportTuning,
-    /// Reconnect and handshake timing of dialed links (the seed is mixed with each peer id).
+    /// Reconnect and handshake timing of dialed links (the seed is mixed with each peer id), and
+    /// how long an unwanted link lingers ([`LinkConfig::idle_linger`]).
     pub link: LinkConfig,
 }
 
@@ -158,14 +190,45 @@ pub struct LinkStats {
     pub control_in: u64,
     /// Control messages queued for sending.
     pub control_out: u64,
+    /// Dials started (QUIC connection attempts); stays 0 on the accepting side.
+    pub dials: u64,
 }
 
+/// One remote node: its link (when up), counters, and why it is known.
 #[derive(Default)]
 struct Slot {
     conn: Option<Connection>,
     control: Option<mpsc::Sender<ControlMessage>>,
     generation: u64,
     stats: LinkStats,
+    /// A static peer: always needed, never forgotten.
+    fixed: bool,
+    /// A room needs the link ([`PipeHandle::want`]).
+    wanted: bool,
+    /// The dial task, when this node dials the remote one.
+    dialer: Option<Dialer>,
+}
+
+impl Slot {
+    /// Whether the slot may be forgotten to make room.
+    fn idle(&self) -> bool {
+        !self.fixed && !self.wanted && self.conn.is_none()
+    }
+}
+
+/// The node's end of a dial task. Dropping it stops the task, which closes its connection.
+struct Dialer {
+    addr: SocketAddr,
+    /// Whether the link is needed; the task feeds changes to [`LinkState::need`] and
+    /// [`LinkState::no_longer_needed`]. Latest value wins: need is a level, not a queue.
+    need: watch::Sender<bool>,
+}
+
+/// What starting a dial task takes; dropped at shutdown so none starts after it.
+struct Spawner {
+    endpoint: quinn::Endpoint,
+    runtime: tokio::runtime::Handle,
+    alive: Alive,
 }
 
 struct Shared {
@@ -173,7 +236,13 @@ struct Shared {
     cluster: String,
     identity: PipeIdentity,
     tuning: TransportTuning,
+    /// Link timing, validated by [`PipeEndpoint::start`].
+    link: LinkConfig,
+    accept_unknown: bool,
+    /// Lock order: `slots` before `spawner`.
     slots: Mutex<HashMap<String, Slot>>,
+    spawner: Mutex<Option<Spawner>>,
+    stop: watch::Receiver<bool>,
     events: mpsc::Sender<PipeEvent>,
 }
 
@@ -183,9 +252,52 @@ impl Shared {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn spawner(&self) -> MutexGuard<'_, Option<Spawner>> {
+        // Poisoning cannot leave an `Option` half-written.
+        self.spawner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn with_slot<R>(&self, node_id: &str, f: impl FnOnce(&mut Slot) -> R) -> Option<R> {
         self.slots().get_mut(node_id).map(f)
     }
+}
+
+/// Inserts an empty slot for `node_id` unless it has one, forgetting idle slots when full.
+fn ensure_slot<'a>(
+    slots: &'a mut HashMap<String, Slot>,
+    node_id: &str,
+) -> Result<&'a mut Slot, WantError> {
+    if !slots.contains_key(node_id) {
+        if slots.len() >= MAX_PEERS {
+            // Dropping a forgotten slot's dialer stops its task.
+            slots.retain(|_, s| !s.idle());
+        }
+        if slots.len() >= MAX_PEERS {
+            return Err(WantError::TooManyPeers(slots.len()));
+        }
+        tracing::info!(peer = node_id, "new pipe peer");
+    }
+    Ok(slots.entry(node_id.to_owned()).or_default())
+}
+
+/// Starts the dial task of the link to `peer` at `addr`, needed from the start.
+fn spawn_dialer(shared: &Arc<Shared>, spawner: &Spawner, peer: &str, addr: SocketAddr) -> Dialer {
+    let mut link = shared.link.clone();
+    link.rng_seed = seed_for(link.rng_seed, peer);
+    // `PipeEndpoint::start` validated the configuration, the only thing `new` checks.
+    let state = LinkState::new(NodeId::from(peer), link).expect("link configuration validated");
+    let (need, need_rx) = watch::channel(true);
+    spawner.runtime.spawn(dial_task(
+        shared.clone(),
+        spawner.endpoint.clone(),
+        peer.to_owned(),
+        addr,
+        state,
+        need_rx,
+        shared.stop.clone(),
+        spawner.alive.clone(),
+    ));
+    Dialer { addr, need }
 }
 
 /// The node's side of its pipes: send and inspect. Cheap to clone.
@@ -263,9 +375,67 @@ impl PipeHandle {
         }
     }
 
-    /// Counters of the link to `node_id`, if it is a configured peer.
+    /// Counters of the link to `node_id`, if it has a slot (see [`peers`](Self::peers)).
     pub fn stats(&self, node_id: &str) -> Option<LinkStats> {
         self.shared.with_slot(node_id, |s| s.stats.clone())
+    }
+
+    /// Every node with a slot (static, wanted or accepted, until forgotten), sorted.
+    pub fn peers(&self) -> Vec<String> {
+        let mut peers: Vec<String> = self.shared.slots().keys().cloned().collect();
+        peers.sort_unstable();
+        peers
+    }
+
+    /// A room needs a link to `node_id`, reachable at `addr`. If this node dials it (our id is
+    /// smaller), the link is dialed and kept up, and a changed `addr` (the node restarted
+    /// elsewhere) replaces the link; otherwise the other node dials when it wants the link too.
+    /// Idempotent. Static peers keep their configured address.
+    pub fn want(&self, node_id: &str, addr: SocketAddr) -> Result<(), WantError> {
+        let shared = &self.shared;
+        if node_id == shared.local_id {
+            return Err(WantError::OwnId(node_id.to_owned()));
+        }
+        let mut slots = shared.slots();
+        let spawner = shared.spawner();
+        let Some(spawner) = spawner.as_ref() else {
+            return Err(WantError::Stopped);
+        };
+        let slot = ensure_slot(&mut slots, node_id)?;
+        if slot.fixed {
+            return Ok(());
+        }
+        slot.wanted = true;
+        if shared.local_id.as_str() < node_id {
+            match &slot.dialer {
+                Some(d) if d.addr == addr => {
+                    d.need.send_replace(true);
+                }
+                old => {
+                    if let Some(old) = old {
+                        tracing::info!(peer = node_id, old = %old.addr, new = %addr, "pipe peer moved");
+                    }
+                    // Replacing the old dialer drops it, which stops its task.
+                    slot.dialer = Some(spawn_dialer(shared, spawner, node_id, addr));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// No room needs the link to `node_id` any more: a link this node dialed closes after
+    /// [`LinkConfig::idle_linger`] unless wanted again; a dial in progress stops. Ignored for
+    /// static peers and unknown nodes; on the accepting side the other node closes the link.
+    pub fn unwant(&self, node_id: &str) {
+        if let Some(slot) = self.shared.slots().get_mut(node_id) {
+            if slot.fixed {
+                return;
+            }
+            slot.wanted = false;
+            if let Some(d) = &slot.dialer {
+                d.need.send_replace(false);
+            }
+        }
     }
 
     /// Completes once shutdown has run: every task stopped and the endpoint is idle.
@@ -284,7 +454,8 @@ type Alive = mpsc::Sender<()>;
 
 impl PipeEndpoint {
     /// Binds `cfg.bind`, dials the static peers whose ids are greater than ours, accepts the
-    /// others, and runs until `shutdown` completes.
+    /// others (and with `accept_unknown` any authenticated node), and runs until `shutdown`
+    /// completes.
     pub fn start(
         cfg: EndpointConfig,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -293,7 +464,11 @@ impl PipeEndpoint {
         let local_id = cfg.identity.node_id().to_owned();
         let mut slots = HashMap::new();
         for (id, _) in &cfg.peers {
-            if *id == local_id || slots.insert(id.clone(), Slot::default()).is_some() {
+            let slot = Slot {
+                fixed: true,
+                ..Slot::default()
+            };
+            if *id == local_id || slots.insert(id.clone(), slot).is_some() {
                 return Err(EndpointError::InvalidPeer(id.clone()));
             }
         }
@@ -301,47 +476,53 @@ impl PipeEndpoint {
         let endpoint = quinn::Endpoint::server(server, cfg.bind).map_err(EndpointError::Bind)?;
         let local_addr = endpoint.local_addr().map_err(EndpointError::Bind)?;
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (done_tx, done_rx) = watch::channel(false);
+        let (alive, mut all_stopped) = mpsc::channel::<()>(1);
+        let spawner = Spawner {
+            endpoint: endpoint.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            alive: alive.clone(),
+        };
         let shared = Arc::new(Shared {
             local_id: local_id.clone(),
             cluster: cfg.cluster.clone(),
             identity: cfg.identity.clone(),
             tuning: cfg.tuning.clone(),
+            link: cfg.link.clone(),
+            accept_unknown: cfg.accept_unknown,
             slots: Mutex::new(slots),
+            spawner: Mutex::new(None),
+            stop: stop_rx.clone(),
             events,
         });
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let (done_tx, done_rx) = watch::channel(false);
-        let (alive, mut all_stopped) = mpsc::channel::<()>(1);
-
-        for (peer, addr) in &cfg.peers {
-            if local_id.as_str() < peer.as_str() {
-                let mut link = cfg.link.clone();
-                link.rng_seed = seed_for(link.rng_seed, peer);
-                let state = LinkState::new(NodeId::from(peer.as_str()), link)?;
-                tokio::spawn(dial_task(
-                    shared.clone(),
-                    endpoint.clone(),
-                    peer.clone(),
-                    *addr,
-                    state,
-                    cfg.link.handshake_timeout,
-                    stop_rx.clone(),
-                    alive.clone(),
-                ));
+        {
+            let mut slots = shared.slots();
+            for (peer, addr) in &cfg.peers {
+                if local_id.as_str() < peer.as_str() {
+                    let dialer = spawn_dialer(&shared, &spawner, peer, *addr);
+                    if let Some(slot) = slots.get_mut(peer) {
+                        slot.dialer = Some(dialer);
+                    }
+                }
             }
         }
+        *shared.spawner() = Some(spawner);
         tokio::spawn(accept_task(
             shared.clone(),
             endpoint.clone(),
             cfg.link.handshake_timeout,
-            stop_rx.clone(),
-            alive.clone(),
+            stop_rx,
+            alive,
         ));
-        drop(alive);
 
+        let supervised = shared.clone();
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
+            // No dial task starts after this; the spawner's `Alive` goes with it.
+            drop(supervised.spawner().take());
+            drop(supervised);
             endpoint.close(0u32.into(), b"shutdown");
             // Returns None once every task has dropped its `Alive`.
             let _ = all_stopped.recv().await;
@@ -437,7 +618,57 @@ fn permanent(code: RefuseCode) -> bool {
     )
 }
 
-/// The dialing side of the link to `peer`, driven by its [`LinkState`].
+type Task<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The I/O a dial task waits on besides timers and commands; at most one at a time, held
+/// across wake-ups so a command or timeout never cancels it by accident.
+enum Io {
+    None,
+    Dialing(Task<Result<Connection, String>>),
+    Handshaking(Connection, Task<Result<HandshakeOutcome, String>>),
+    Up(Connection, Task<()>),
+}
+
+enum IoDone {
+    Dialed(Result<Connection, String>),
+    Handshaken(Connection, Result<HandshakeOutcome, String>),
+    Down,
+}
+
+impl Io {
+    /// Completes when the I/O in progress does (never while there is none). Cancel-safe: the
+    /// future stays in `self` until it completes.
+    async fn next(&mut self) -> IoDone {
+        let done = match self {
+            Io::None => std::future::pending().await,
+            Io::Dialing(f) => IoDone::Dialed(f.await),
+            Io::Handshaking(c, f) => IoDone::Handshaken(c.clone(), f.await),
+            Io::Up(_, f) => {
+                f.await;
+                IoDone::Down
+            }
+        };
+        *self = Io::None;
+        done
+    }
+
+    /// Abandons the I/O in progress: a dial is dropped (quinn abandons it), a connection is
+    /// closed; an up link is run to its end so it clears its slot and reports LinkDown.
+    async fn close(&mut self, reason: &'static [u8]) {
+        match std::mem::replace(self, Io::None) {
+            Io::None | Io::Dialing(_) => {}
+            Io::Handshaking(c, _) => c.close(0u32.into(), reason),
+            Io::Up(c, f) => {
+                c.close(0u32.into(), reason);
+                f.await;
+            }
+        }
+    }
+}
+
+/// The dialing side of the link to `peer` at `addr`, driven by its [`LinkState`]. `need` says
+/// whether the link is needed; the task stops (closing its connection) when it is dropped, or
+/// on shutdown.
 // Each argument is one task-owned resource; bundling them would only rename them.
 #[allow(clippy::too_many_arguments)]
 async fn dial_task(
@@ -446,71 +677,51 @@ async fn dial_task(
     peer: String,
     addr: SocketAddr,
     mut state: LinkState,
-    handshake_timeout: Duration,
+    mut need: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
     _alive: Alive,
 ) {
-    state.need(Instant::now());
-    let mut conn: Option<(Connection, SendStream, RecvStream, ControlDecoder)> = None;
-    let mut connection: Option<Connection> = None;
+    if *need.borrow_and_update() {
+        state.need(Instant::now());
+    }
+    let mut io = Io::None;
+    // Results handed from one step of the state to the next action it asks for.
+    let mut connected: Option<Connection> = None;
+    let mut acked: Option<(Connection, SendStream, RecvStream, ControlDecoder)> = None;
     loop {
         while let Some(action) = state.poll_action() {
-            let now = Instant::now();
             match action {
-                LinkAction::Dial { .. } => {
-                    let deadline = now + handshake_timeout;
-                    let dialed = tokio::select! {
-                        r = tokio::time::timeout_at(deadline.into(), dial(&shared, &endpoint, &peer, addr)) => r,
-                        _ = stop_requested(&mut stop) => return,
-                    };
-                    let now = Instant::now();
-                    match dialed {
-                        Ok(Ok(c)) => {
-                            connection = Some(c);
-                            let _ = state.on_connected(now);
-                        }
-                        _ => {
-                            let _ = state.on_connection_lost(now);
-                        }
-                    }
+                LinkAction::Dial { attempt } => {
+                    tracing::debug!(peer = %peer, %addr, attempt, "dialing pipe peer");
+                    shared.with_slot(&peer, |s| s.stats.dials += 1);
+                    let dialing = dial(shared.clone(), endpoint.clone(), peer.clone(), addr);
+                    io = Io::Dialing(Box::pin(dialing));
                 }
-                LinkAction::SendHello => {
-                    let Some(c) = connection.take() else {
-                        let _ = state.on_connection_lost(now);
-                        continue;
-                    };
-                    let deadline = now + handshake_timeout;
-                    let result = tokio::select! {
-                        r = tokio::time::timeout_at(deadline.into(), handshake(&shared, &c)) => r,
-                        _ = stop_requested(&mut stop) => return,
-                    };
-                    let now = Instant::now();
-                    match result {
-                        Ok(Ok(HandshakeOutcome::Ack(send, recv, decoder))) => {
-                            conn = Some((c, send, recv, decoder));
-                            let _ = state.on_hello_ack(now);
-                        }
-                        Ok(Ok(HandshakeOutcome::Refused(refusal))) => {
-                            c.close(0u32.into(), b"refused");
-                            let _ = state.on_refused(now, permanent(refusal.code), refusal.reason);
-                        }
-                        _ => {
-                            c.close(0u32.into(), b"handshake failed");
-                            let _ = state.on_connection_lost(now);
-                        }
+                LinkAction::SendHello => match connected.take() {
+                    Some(c) => {
+                        io = Io::Handshaking(c.clone(), Box::pin(handshake(shared.clone(), c)));
                     }
-                }
-                LinkAction::LinkUp => {
-                    let Some((c, send, recv, decoder)) = conn.take() else {
-                        let _ = state.on_connection_lost(now);
-                        continue;
-                    };
-                    run_link(&shared, &peer, c, send, recv, decoder, &mut stop).await;
-                    if *stop.borrow() {
-                        return;
+                    None => {
+                        let _ = state.on_connection_lost(Instant::now());
                     }
-                    let _ = state.on_connection_lost(Instant::now());
-                }
+                },
+                LinkAction::LinkUp => match acked.take() {
+                    Some((c, send, recv, decoder)) => {
+                        let link = run_link(
+                            shared.clone(),
+                            peer.clone(),
+                            c.clone(),
+                            send,
+                            recv,
+                            decoder,
+                            stop.clone(),
+                        );
+                        io = Io::Up(c, Box::pin(link));
+                    }
+                    None => {
+                        let _ = state.on_connection_lost(Instant::now());
+                    }
+                },
                 LinkAction::Refused { reason, .. } => {
                     let event = PipeEvent::Refused {
                         node_id: peer.clone(),
@@ -519,14 +730,16 @@ async fn dial_task(
                     emit(&shared, &mut stop, event).await;
                 }
                 LinkAction::Close => {
-                    if let Some(c) = connection.take() {
+                    for c in connected
+                        .take()
+                        .into_iter()
+                        .chain(acked.take().map(|a| a.0))
+                    {
                         c.close(0u32.into(), b"closed");
                     }
-                    if let Some((c, ..)) = conn.take() {
-                        c.close(0u32.into(), b"closed");
-                    }
+                    io.close(b"closed").await;
                 }
-                // run_link already reported LinkDown; grace is the node's business.
+                // run_link reports LinkDown; grace is the node's business.
                 LinkAction::LinkDown { .. } | LinkAction::GraceExpired => {}
             }
         }
@@ -537,19 +750,65 @@ async fn dial_task(
             }
         };
         tokio::select! {
+            done = io.next() => {
+                let now = Instant::now();
+                match done {
+                    IoDone::Dialed(Ok(c)) => match state.on_connected(now) {
+                        Ok(()) => connected = Some(c),
+                        Err(_) => c.close(0u32.into(), b"unexpected"),
+                    },
+                    IoDone::Dialed(Err(error)) => {
+                        tracing::debug!(peer = %peer, %addr, %error, "pipe dial failed");
+                        let _ = state.on_connection_lost(now);
+                    }
+                    IoDone::Handshaken(c, Ok(HandshakeOutcome::Ack(send, recv, decoder))) => {
+                        match state.on_hello_ack(now) {
+                            Ok(()) => acked = Some((c, send, recv, decoder)),
+                            Err(_) => c.close(0u32.into(), b"unexpected"),
+                        }
+                    }
+                    IoDone::Handshaken(c, Ok(HandshakeOutcome::Refused(refusal))) => {
+                        c.close(0u32.into(), b"refused");
+                        let _ = state.on_refused(now, permanent(refusal.code), refusal.reason);
+                    }
+                    IoDone::Handshaken(c, Err(error)) => {
+                        tracing::debug!(peer = %peer, %addr, %error, "pipe handshake failed");
+                        c.close(0u32.into(), b"handshake failed");
+                        let _ = state.on_connection_lost(now);
+                    }
+                    IoDone::Down => {
+                        let _ = state.on_connection_lost(now);
+                    }
+                }
+            }
             _ = sleep => state.handle_timeout(Instant::now()),
-            _ = stop_requested(&mut stop) => return,
+            changed = need.changed() => {
+                if changed.is_err() {
+                    // The dialer was dropped: the node moved, or was forgotten.
+                    io.close(b"stopped").await;
+                    return;
+                }
+                if *need.borrow_and_update() {
+                    state.need(Instant::now());
+                } else {
+                    state.no_longer_needed(Instant::now());
+                }
+            }
+            _ = stop_requested(&mut stop) => {
+                io.close(b"shutdown").await;
+                return;
+            }
         }
     }
 }
 
 async fn dial(
-    shared: &Shared,
-    endpoint: &quinn::Endpoint,
-    peer: &str,
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    peer: String,
     addr: SocketAddr,
 ) -> Result<Connection, String> {
-    let connecting = tls::connect(endpoint, &shared.identity, peer, &shared.tuning, addr)
+    let connecting = tls::connect(&endpoint, &shared.identity, &peer, &shared.tuning, addr)
         .map_err(|e| e.to_string())?;
     connecting.await.map_err(|e| e.to_string())
 }
@@ -559,9 +818,9 @@ enum HandshakeOutcome {
     Refused(Refusal),
 }
 
-async fn handshake(shared: &Shared, conn: &Connection) -> Result<HandshakeOutcome, String> {
+async fn handshake(shared: Arc<Shared>, conn: Connection) -> Result<HandshakeOutcome, String> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    write_msg(&mut send, &hello(shared)).await?;
+    write_msg(&mut send, &hello(&shared)).await?;
     let mut decoder = ControlDecoder::default();
     let mut skipped = 0;
     match read_msg(&mut recv, &mut decoder, &mut skipped).await? {
@@ -603,7 +862,7 @@ async fn accept_task(
             };
             drop(permit);
             if let Ok(Some((peer, conn, send, recv, decoder))) = accepted {
-                run_link(&shared, &peer, conn, send, recv, decoder, &mut stop).await;
+                run_link(shared, peer, conn, send, recv, decoder, stop).await;
             }
         });
     }
@@ -629,22 +888,8 @@ async fn accept_one(
         return None;
     };
     let peer = cert_id.unwrap_or_else(|| hello.node_id.as_str().to_owned());
-    let verdict =
-        check_hello(PROTOCOL_VERSION, &shared.cluster, Some(&peer), &hello).and_then(|()| {
-            if !shared.slots().contains_key(&peer) {
-                Err(Refusal {
-                    code: RefuseCode::WrongNodeId,
-                    reason: format!("node {peer:?} is not a configured peer"),
-                })
-            } else if peer.as_str() > shared.local_id.as_str() {
-                Err(Refusal {
-                    code: RefuseCode::DuplicateLink,
-                    reason: format!("{:?} dials {peer:?}, not the other way", shared.local_id),
-                })
-            } else {
-                Ok(())
-            }
-        });
+    let verdict = check_hello(PROTOCOL_VERSION, &shared.cluster, Some(&peer), &hello)
+        .and_then(|()| admit(shared, &peer));
     match verdict {
         Ok(()) => {
             let ack = ControlMessage::HelloAck {
@@ -666,16 +911,43 @@ async fn accept_one(
     }
 }
 
+/// Whether `peer`, authenticated, may link with us; gives an unknown node a slot if allowed.
+fn admit(shared: &Shared, peer: &str) -> Result<(), Refusal> {
+    let refuse = |code, reason| Err(Refusal { code, reason });
+    let local = shared.local_id.as_str();
+    let mut slots = shared.slots();
+    let known = slots.contains_key(peer);
+    if !known && !shared.accept_unknown {
+        refuse(
+            RefuseCode::WrongNodeId,
+            format!("node {peer:?} is not a configured peer"),
+        )
+    } else if peer == local {
+        refuse(RefuseCode::WrongNodeId, format!("{peer:?} is this node"))
+    } else if peer > local {
+        refuse(
+            RefuseCode::DuplicateLink,
+            format!("{local:?} dials {peer:?}, not the other way"),
+        )
+    } else {
+        match ensure_slot(&mut slots, peer) {
+            Ok(_) => Ok(()),
+            Err(e) => refuse(RefuseCode::WrongNodeId, e.to_string()),
+        }
+    }
+}
+
 /// Runs an up link until it is lost or shutdown; reports LinkUp and LinkDown.
 async fn run_link(
-    shared: &Shared,
-    peer: &str,
+    shared: Arc<Shared>,
+    peer: String,
     conn: Connection,
     mut send: SendStream,
     mut recv: RecvStream,
     mut decoder: ControlDecoder,
-    stop: &mut watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) {
+    let (shared, peer, stop) = (&*shared, peer.as_str(), &mut stop);
     let (control_tx, mut control_rx) = mpsc::channel(CONTROL_QUEUE);
     let mut superseded = false;
     let generation = shared.with_slot(peer, |slot| {
