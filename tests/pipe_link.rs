@@ -2,97 +2,27 @@
 //! datagrams both ways; a node of another cluster is refused; a restarted node is found again;
 //! garbage datagrams are dropped without disturbing the link.
 //!
-//! Every test is bounded by [`TEST_LIMIT`]; waits are on events, never on sleeps.
+//! Every test is bounded by `pipe_endpoint::TEST_LIMIT`; waits are on events, never on sleeps.
 
-use std::future::Future;
+#[path = "common/pipe_endpoint.rs"]
+mod pipe_endpoint;
+
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bytes::Bytes;
+use pipe_endpoint::{any_addr, bounded, config, identity, is_up, ping, Node};
 use pipemesh::pipe::certs::{self, CaBundle};
-use pipemesh::pipe::endpoint::{EndpointConfig, PipeEndpoint, PipeEvent, PipeHandle};
-use pipemesh::pipe::link::LinkConfig;
-use pipemesh::pipe::tls::{PipeIdentity, TransportTuning};
+use pipemesh::pipe::endpoint::{EndpointError, PipeEvent};
+use pipemesh::pipe::tls::PipeIdentity;
 use pipemesh::pipe::wire::{write_datagram, ControlMessage, DatagramKind};
-use tokio::sync::{mpsc, oneshot};
-
-/// Upper bound on any single test.
-const TEST_LIMIT: Duration = Duration::from_secs(30);
-
-async fn bounded<T>(body: impl Future<Output = T>) -> T {
-    tokio::time::timeout(TEST_LIMIT, body)
-        .await
-        .expect("test exceeded its time limit")
-}
-
-fn identity(ca: &CaBundle, node_id: &str) -> PipeIdentity {
-    let node = certs::generate_node_cert(ca, node_id, &[]).expect("node certificate");
-    PipeIdentity::from_pem(node_id, &ca.cert_pem, &node.cert_pem, &node.key_pem)
-        .expect("node identity")
-}
-
-fn fast_link() -> LinkConfig {
-    LinkConfig {
-        initial_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(200),
-        handshake_timeout: Duration::from_secs(1),
-        ..LinkConfig::default()
-    }
-}
-
-struct Node {
-    handle: PipeHandle,
-    events: mpsc::Receiver<PipeEvent>,
-    stop: Option<oneshot::Sender<()>>,
-}
-
-impl Node {
-    async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.handle.stopped().await;
-    }
-
-    /// The next event matching `pred`, skipping others.
-    async fn wait(&mut self, pred: impl Fn(&PipeEvent) -> bool) -> PipeEvent {
-        loop {
-            let ev = self.events.recv().await.expect("event channel open");
-            if pred(&ev) {
-                return ev;
-            }
-        }
-    }
-}
 
 fn start(
     identity: PipeIdentity,
     cluster: &str,
     bind: SocketAddr,
     peers: Vec<(String, SocketAddr)>,
-) -> Result<Node, pipemesh::pipe::endpoint::EndpointError> {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let cfg = EndpointConfig {
-        bind,
-        identity,
-        cluster: cluster.to_owned(),
-        peers,
-        accept_unknown: false,
-        tuning: TransportTuning::default(),
-        link: fast_link(),
-    };
-    let (handle, events) = PipeEndpoint::start(cfg, async move {
-        let _ = stopped.await;
-    })?;
-    Ok(Node {
-        handle,
-        events,
-        stop: Some(stop),
-    })
-}
-
-fn any_addr() -> SocketAddr {
-    "127.0.0.1:0".parse().expect("literal address")
+) -> Result<Node, EndpointError> {
+    Node::start(config(identity, cluster, bind, peers))
 }
 
 /// A ("node-a", the dialer) and B ("node-b") of one CA; B's cluster may differ.
@@ -113,14 +43,6 @@ fn pair(b_cluster: &str) -> (Node, Node) {
     )
     .expect("start a");
     (a, b)
-}
-
-fn is_up(ev: &PipeEvent) -> bool {
-    matches!(ev, PipeEvent::LinkUp { .. })
-}
-
-fn ping(nonce: u64) -> impl Fn(&PipeEvent) -> bool {
-    move |ev| matches!(ev, PipeEvent::Control { msg: ControlMessage::Ping { nonce: n }, .. } if *n == nonce)
 }
 
 #[tokio::test]

@@ -4,35 +4,22 @@
 //! secure node); garbage datagrams do not disturb an established pipe; the idle timeout closes
 //! a pipe whose peer has vanished.
 //!
-//! Every test is bounded by [`TEST_LIMIT`]; waits are on events (handshakes, reads,
+//! Every test is bounded by `pipe_endpoint::TEST_LIMIT`; waits are on events (handshakes, reads,
 //! `Connection::closed`), never on sleeps.
 
-use std::future::Future;
+#[path = "common/pipe_endpoint.rs"]
+mod pipe_endpoint;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pipemesh::pipe::certs::{self, CaBundle, CertsArgs};
+use pipe_endpoint::{bounded, identity, rogue_client_config};
+use pipemesh::pipe::certs::{self, CertsArgs};
 use pipemesh::pipe::tls::{self, PipeIdentity, TransportTuning};
 use quinn::{Connection, ConnectionError, Endpoint};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tokio::net::UdpSocket;
-
-/// Upper bound on any single test.
-const TEST_LIMIT: Duration = Duration::from_secs(30);
-
-/// Runs a test body under [`TEST_LIMIT`].
-async fn bounded<T>(body: impl Future<Output = T>) -> T {
-    tokio::time::timeout(TEST_LIMIT, body)
-        .await
-        .expect("test exceeded its time limit")
-}
-
-fn identity(ca: &CaBundle, node_id: &str) -> PipeIdentity {
-    let node = certs::generate_node_cert(ca, node_id, &[]).expect("node certificate");
-    PipeIdentity::from_pem(node_id, &ca.cert_pem, &node.cert_pem, &node.key_pem)
-        .expect("node identity")
-}
 
 /// A node's pipe endpoint on 127.0.0.1: accepts pipes and dials them.
 fn endpoint(identity: &PipeIdentity, tuning: &TransportTuning) -> Endpoint {
@@ -168,30 +155,6 @@ async fn peer_node_id_names_the_authenticated_peer_on_both_ends() {
         );
     })
     .await
-}
-
-/// A client configuration built directly with rustls: it trusts the real cluster CA (ca.pem
-/// is not secret) and verifies the server by its DNS SAN, but presents `node`'s certificate,
-/// which another CA signed. The public API refuses to build such an identity, so the rogue is
-/// assembled by hand to reach the server's check of the client.
-fn rogue_client_config(real_ca: &CaBundle, node: &certs::NodeBundle) -> quinn::ClientConfig {
-    use std::sync::Arc;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in certs::parse_pem_cert_chain(real_ca.cert_pem.as_bytes(), "ca").unwrap() {
-        roots.add(cert).unwrap();
-    }
-    let chain = certs::parse_pem_cert_chain(node.cert_pem.as_bytes(), "rogue cert").unwrap();
-    let key = certs::parse_pem_key(node.key_pem.as_bytes(), "rogue key").unwrap();
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    tls.alpn_protocols = vec![tls::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    quinn::ClientConfig::new(Arc::new(crypto))
 }
 
 #[tokio::test]
