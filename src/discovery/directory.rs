@@ -8,12 +8,16 @@
 //! - [`GossipDirectory`]: static peers linked by pipes. Each node watches the rooms it has local
 //!   peers in ([`ControlMessage::RoomWatch`]); a watched node answers with a full
 //!   [`ControlMessage::RoomPeers`] snapshot, then sends incremental `Peer*` / `Producer*` updates.
-//!   A later backend (etcd) implements the same trait.
+//! - [`ClusterDirectory`](crate::discovery::cluster::ClusterDirectory): a registry (etcd, or
+//!   in-process on one node) holds every node's rooms, peers and producers; the directory
+//!   writes its own entries as [`RegistryOp`]s and reads everyone's from [`RegistryUpdate`]s.
+//!   It also says which nodes the worker should link to ([`DirectoryEvent::LinkWanted`]).
 //!
 //! Sans-IO: inputs are method calls (`local_*`, `watch_room`, `link_*`, `node_gone`,
-//! `apply_remote`), outputs are drained with [`RoomDirectory::poll_event`] and
-//! [`GossipDirectory::poll_send`]. No clock, no sockets, no tasks. The driver drains both
-//! queues after each input, which keeps them as short as the changes one input causes.
+//! `apply_remote`, `apply_registry`), outputs are drained with [`RoomDirectory::poll_event`],
+//! [`RoomDirectory::poll_send`] and [`RoomDirectory::poll_registry_op`]. No clock, no sockets,
+//! no tasks. The driver drains the queues after each input, which keeps them as short as the
+//! changes one input causes.
 //!
 //! Events are a change log of [`RoomDirectory::remote_peers`]: replaying them from empty gives
 //! the current view. A peer appears as one [`DirectoryEvent::RemotePeerJoined`] (carrying the
@@ -27,6 +31,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use thiserror::Error;
 
+use crate::discovery::cluster::ClusterView;
+use crate::discovery::keys::{NodeLoad, NodeState};
+use crate::discovery::registry::{RegistryOp, RegistryUpdate};
 use crate::ids::{NodeId, PeerId, ProducerId, RoomId};
 use crate::pipe::wire::{ControlMessage, PeerInfo, ProducerInfo};
 
@@ -76,6 +83,19 @@ pub enum DirectoryEvent {
     },
     /// Every entry of `node` was removed (the individual removals were emitted first).
     NodeGone {
+        /// The node.
+        node: NodeId,
+    },
+    /// The worker should keep a pipe link to `node` at `pipe_addr` ("ip:port"): it has peers
+    /// in a room this node watches. Sent again when the address changes.
+    LinkWanted {
+        /// The node.
+        node: NodeId,
+        /// Where its pipe listener is.
+        pipe_addr: String,
+    },
+    /// The link to `node` is no longer wanted (sent once after a [`DirectoryEvent::LinkWanted`]).
+    LinkUnwanted {
         /// The node.
         node: NodeId,
     },
@@ -129,6 +149,16 @@ pub enum DirectoryError {
         /// The producer.
         producer_id: ProducerId,
     },
+    /// The entry cannot be written to the registry: an empty id, or a key or value past the
+    /// bounds every reader enforces ([`crate::discovery::keys::MAX_KEY_LEN`],
+    /// [`crate::discovery::keys::MAX_VALUE_LEN`]).
+    #[error("cannot publish {what}: {reason}")]
+    Unpublishable {
+        /// The entry (peer or producer id).
+        what: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The directory operations the worker needs; object-safe so backends are swappable.
@@ -179,6 +209,27 @@ pub trait RoomDirectory {
     fn poll_send(&mut self) -> Option<(NodeId, ControlMessage)> {
         None
     }
+
+    // Registry-driven backends (cluster) read and write a registry; the defaults suit backends
+    // that have none.
+
+    /// What the registry holds under the cluster prefix: a snapshot or changes.
+    fn apply_registry(&mut self, _update: RegistryUpdate) {}
+    /// The next write to the registry, if any.
+    fn poll_registry_op(&mut self) -> Option<RegistryOp> {
+        None
+    }
+    /// This node's load, for its published record (re-published only when it changed).
+    fn set_local_load(&mut self, _load: NodeLoad) {}
+    /// Serving or draining, for this node's published record.
+    fn set_local_state(&mut self, _state: NodeState) {}
+    /// The wall clock (Unix milliseconds), stamped on entries written from now on (when a
+    /// room was first hosted). The directory never reads a clock itself.
+    fn set_wall_clock(&mut self, _unix_ms: u64) {}
+    /// A read-only picture of the cluster as this directory sees it (admin endpoint, CLI).
+    fn cluster_view(&self) -> Option<ClusterView> {
+        None
+    }
 }
 
 /// The single-node directory: there are no other nodes, so nothing is remote.
@@ -218,8 +269,10 @@ impl RoomDirectory for LocalDirectory {
     }
 }
 
-/// Bounds of a [`GossipDirectory`]. Past a bound, local changes are refused with an error and
-/// remote announcements are dropped; both are counted in [`DirectoryStats`].
+/// Bounds of a [`GossipDirectory`] or a
+/// [`ClusterDirectory`](crate::discovery::cluster::ClusterDirectory). Past a bound, local
+/// changes are refused with an error and remote entries are dropped (gossip) or not shown
+/// (cluster).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirectoryConfig {
     /// Rooms this node tracks (local peers or watched), and rooms one remote node may watch.
@@ -653,7 +706,9 @@ impl GossipDirectory {
     }
 }
 
-fn push_peer_joined(
+/// Announce `peer` the way the event grammar says: the peer without producers, then each
+/// producer.
+pub(crate) fn push_peer_joined(
     events: &mut VecDeque<DirectoryEvent>,
     room: &RoomId,
     node: &NodeId,
@@ -677,7 +732,8 @@ fn push_peer_joined(
     }
 }
 
-fn push_peer_left(
+/// Withdraw `peer`: each producer, then the peer.
+pub(crate) fn push_peer_left(
     events: &mut VecDeque<DirectoryEvent>,
     room: &RoomId,
     node: &NodeId,
@@ -1053,6 +1109,17 @@ mod tests {
         dir.local_peer_left(&room(), &PeerId::from("alice"));
         dir.unwatch_room(&room());
         assert!(dir.remote_peers(&room()).is_empty());
+        assert!(events(dir).is_empty());
+        // It has no registry.
+        dir.apply_registry(RegistryUpdate::Snapshot {
+            revision: 1,
+            kvs: vec![(b"nodes/x".to_vec(), b"{}".to_vec())],
+        });
+        dir.set_local_load(NodeLoad::default());
+        dir.set_local_state(NodeState::Draining);
+        dir.set_wall_clock(1);
+        assert_eq!(dir.poll_registry_op(), None);
+        assert_eq!(dir.cluster_view(), None);
         assert!(events(dir).is_empty());
     }
 

@@ -914,6 +914,7 @@ impl Worker {
                 room, producer_id, ..
             } => self.close_pipe_producer(&room, &producer_id),
             DirectoryEvent::NodeGone { .. } => {}
+            DirectoryEvent::LinkWanted { .. } | DirectoryEvent::LinkUnwanted { .. } => {}
         }
     }
 
