@@ -324,6 +324,59 @@ async fn a_lease_revoked_behind_our_back_is_regranted_and_every_key_republished(
 }
 
 #[tokio::test]
+async fn another_instance_with_our_node_id_is_never_overwritten() {
+    let etcd = Etcd::start().await;
+    let mut other = etcd.client().await;
+    let mut a = Node::start(config(etcd.endpoint()), registration("a", "rec"))
+        .await
+        .expect("starts");
+    a.put("rooms/r/peers/a/p1", "one");
+    a.wait_view("our keys", |v| v.len() == 2).await;
+    let ours = a.handle.status.borrow().lease_id;
+
+    // An impostor takes the record onto its own lease, then our lease goes.
+    let theirs = other.lease_grant(60, None).await.expect("grant").id();
+    other
+        .put(
+            full("nodes/a"),
+            "impostor",
+            Some(etcd_client::PutOptions::new().with_lease(theirs)),
+        )
+        .await
+        .expect("put");
+    other.lease_revoke(ours).await.expect("revoke");
+    let status = a
+        .wait_status("the conflict reported", |s| {
+            !s.connected
+                && s.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("taken by another instance"))
+        })
+        .await;
+    assert_eq!(status.lease_regrants, 0, "{status:?}");
+    assert_eq!(
+        read(&mut other, "nodes/a").await,
+        Some(("impostor".into(), theirs)),
+        "not overwritten"
+    );
+
+    // Once the impostor is gone, the next attempt re-publishes everything.
+    other.lease_revoke(theirs).await.expect("revoke");
+    let status = a
+        .wait_status("re-published", |s| s.connected && s.lease_regrants == 1)
+        .await;
+    assert_eq!(
+        read(&mut other, "nodes/a").await,
+        Some(("rec".into(), status.lease_id))
+    );
+    assert_eq!(
+        read(&mut other, "rooms/r/peers/a/p1").await,
+        Some(("one".into(), status.lease_id))
+    );
+    a.shutdown().await;
+}
+
+#[tokio::test]
 async fn etcd_restart_resumes_the_watch_and_applies_the_ops_of_the_outage() {
     let mut etcd = Etcd::start().await;
     let mut a = Node::start(config(etcd.endpoint()), registration("a", "rec"))
