@@ -25,8 +25,11 @@
 //!   cancels the watch because that revision was compacted away, it lists the prefix again and
 //!   sends a new snapshot (`relists`) before watching from the listing's revision. An idle
 //!   watch asks etcd for a progress report every TTL; a watch that leaves one unanswered for a
-//!   TTL is treated as broken (a silently dead connection), and a report moves the resume
-//!   revision forward so that an idle node does not fall behind compactions.
+//!   TTL is treated as broken (a silently dead connection). A report only proves the watch
+//!   alive: it does not move the resume revision, because etcd before 3.4.24 and 3.5.8 answers
+//!   with the store's revision even while the watch is still catching up, and resuming from
+//!   there would skip events. (An idle node may therefore re-list after a compaction, which
+//!   costs one listing.)
 //!
 //! ## Losing the session and re-publishing
 //!
@@ -57,7 +60,7 @@
 //!
 //! `connected` is true while the lease is kept alive, every write went through, and the watch
 //! is running; `last_error` says which of them is not. `revision` is the last revision the
-//! watch delivered (or that a progress report vouched for: the view is current up to it).
+//! watch delivered.
 //!
 //! ## Stopping
 //!

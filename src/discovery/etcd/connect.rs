@@ -123,6 +123,7 @@ pub(super) async fn connect(
 ) -> Result<Client, RegistryError> {
     let endpoints = cfg.endpoints.join(",");
     let mut backoff = Backoff::default();
+    let mut reason = "no answer".to_owned();
     loop {
         let attempt = async {
             let mut client = Client::connect(&cfg.endpoints, options.clone()).await?;
@@ -130,17 +131,17 @@ pub(super) async fn connect(
             client.get(node_key, Some(probe)).await?;
             Ok::<_, etcd_client::Error>(client)
         };
-        let reason =
-            match timeout(deadline.saturating_duration_since(Instant::now()), attempt).await {
-                Ok(Ok(client)) => return Ok(client),
-                Ok(Err(e)) => {
-                    if let Some(config) = configuration_error(&e) {
-                        return Err(RegistryError::Config(config));
-                    }
-                    e.to_string()
+        match timeout(deadline.saturating_duration_since(Instant::now()), attempt).await {
+            Ok(Ok(client)) => return Ok(client),
+            Ok(Err(e)) => {
+                if let Some(config) = configuration_error(&e) {
+                    return Err(RegistryError::Config(config));
                 }
-                Err(_) => "no answer".to_owned(),
-            };
+                reason = e.to_string();
+            }
+            // The last attempt ran out of time: the error before it says more.
+            Err(_) => {}
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(RegistryError::Unreachable { endpoints, reason });
@@ -277,23 +278,25 @@ async fn claim(
 async fn wait_for_delete(client: &Client, shared: &Shared, from: i64, wait: Duration) {
     let deadline = Instant::now() + wait;
     let key = shared.node_key.clone();
-    let watched = async {
+    let deleted = async {
         let options = WatchOptions::new().with_start_revision(from);
-        let Ok((_watcher, mut stream)) =
-            open_watch_raw(client.watch_client(), key, options, wait).await
-        else {
-            return;
-        };
+        let (_watcher, mut stream) = open_watch_raw(client.watch_client(), key, options, wait)
+            .await
+            .ok()?;
         while let Ok(Some(resp)) = stream.message().await {
-            if resp.canceled() || resp.events().iter().any(|e| is_delete(e.kv())) {
-                return;
+            if resp.events().iter().any(|e| is_delete(e.kv())) {
+                return Some(());
+            }
+            if resp.canceled() {
+                return None;
             }
         }
+        None
     };
-    if timeout(wait, watched).await.is_ok() {
+    if let Ok(Some(())) = timeout(wait, deleted).await {
         return;
     }
-    // Timed out, or the watch broke: in both cases the wait is over or ends at the deadline.
+    // Without a working watch, the wait is the whole time.
     sleep_until(deadline).await;
 }
 

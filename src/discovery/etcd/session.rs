@@ -441,19 +441,19 @@ async fn keep_alive(
 fn take_batch(pending: &mut VecDeque<RegistryOp>, max: usize) -> Vec<RegistryOp> {
     let mut batch: Vec<RegistryOp> = Vec::new();
     let mut index: BTreeMap<String, usize> = BTreeMap::new();
-    while let Some(op) = pending.front() {
-        let key = match op {
-            RegistryOp::Put { key, .. } | RegistryOp::Delete { key } => key,
+    while let Some(op) = pending.pop_front() {
+        let key = match &op {
+            RegistryOp::Put { key, .. } | RegistryOp::Delete { key } => key.clone(),
         };
-        match index.get(key) {
-            Some(&i) => {
-                // Checked by `front` above.
-                batch[i] = pending.pop_front().expect("front exists");
+        match index.get(&key) {
+            Some(&i) => batch[i] = op,
+            None if batch.len() == max => {
+                pending.push_front(op);
+                break;
             }
-            None if batch.len() == max => break,
             None => {
-                index.insert(key.clone(), batch.len());
-                batch.push(pending.pop_front().expect("front exists"));
+                index.insert(key, batch.len());
+                batch.push(op);
             }
         }
     }

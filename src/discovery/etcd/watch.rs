@@ -132,11 +132,8 @@ impl WatchLoop {
                 return Ended::Broken(format!("watch canceled: {}", resp.cancel_reason()));
             }
             if resp.events().is_empty() {
-                // A progress report: everything up to the header's revision was delivered
-                // (etcd only reports progress of a watch that has caught up).
-                if let Some(h) = resp.header().filter(|_| !resp.created()) {
-                    self.delivered(h.revision());
-                }
+                // A progress report: the watch is alive (see the module docs for why its
+                // revision is not used).
                 continue;
             }
             let mut top = 0;
