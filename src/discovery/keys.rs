@@ -2,12 +2,13 @@
 //!
 //! Keys are relative to the cluster prefix; the backend adds `/pipemesh/<cluster>/`:
 //!
-//! | key                                               | value              | present while                        |
-//! |---------------------------------------------------|--------------------|--------------------------------------|
-//! | `nodes/<node>`                                    | [`NodeRecord`]     | the node runs                        |
-//! | `rooms/<room>/nodes/<node>`                       | [`RoomHostRecord`] | the node has >= 1 local peer in room |
-//! | `rooms/<room>/peers/<node>/<peer>`                | [`PeerRecord`]     | the peer is connected to the node    |
-//! | `rooms/<room>/producers/<node>/<peer>/<producer>` | [`ProducerRecord`] | the producer exists                  |
+//! - `nodes/<node>` → [`NodeRecord`], while the node runs;
+//! - `rooms/<room>/nodes/<node>` → [`RoomHostRecord`], while the node has a local peer in the
+//!   room;
+//! - `rooms/<room>/peers/<node>/<peer>` → [`PeerRecord`], while the peer is connected to the
+//!   node;
+//! - `rooms/<room>/producers/<node>/<peer>/<producer>` → [`ProducerRecord`], while the producer
+//!   exists.
 //!
 //! Every key is written by the node it names, bound to that node's lease, so a dead node's
 //! keys vanish together when its lease expires. Putting the node before the peer in peer and

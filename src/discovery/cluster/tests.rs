@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::discovery::registry::KvChange;
-use crate::router::rtp_parameters::RtpParameters;
+use crate::router::rtp_parameters::{MediaKind, RtpParameters};
 
 fn room() -> RoomId {
     RoomId::from("r")
@@ -602,9 +602,10 @@ fn a_producer_waits_for_its_peer() {
     let evs = events(&mut b);
     assert_eq!(evs.len(), 4);
     assert_eq!(evs[1], left(&node_a(), "alice"));
-    assert!(
-        matches!(&evs[2], DirectoryEvent::RemotePeerJoined { peer, .. } if peer.display_name == "Alice II")
-    );
+    assert!(matches!(
+        &evs[2],
+        DirectoryEvent::RemotePeerJoined { peer, .. } if peer.display_name == "Alice II"
+    ));
 }
 
 #[test]
