@@ -1,49 +1,131 @@
-//! Admin HTTP endpoint: `/healthz` for load balancers and orchestrators, `/metrics` with the
-//! node's counters in Prometheus text format.
+//! Admin HTTP endpoint: `/healthz` (the process is alive and serving), `/readyz` (it should get
+//! new clients: its cluster registry session is healthy), `/cluster` (this node's view of the
+//! cluster: nodes, rooms, peers, producers, links) and `/metrics` with the node's counters in
+//! Prometheus text format.
+//!
+//! Liveness and readiness differ on purpose: when etcd is unreachable, existing sessions keep
+//! their media, so the process is healthy (an orchestrator must not restart it), but it is not
+//! ready (a load balancer should send new clients elsewhere until the registry is back).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::discovery::registry::RegistryStatus;
 use crate::node::NodeCounters;
 use crate::pipe::endpoint::PipeHandle;
 use crate::worker::WorkerCounters;
 
+/// How long `/cluster` waits for the worker's answer.
+const INSPECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A question the admin endpoint asks the worker task.
+#[derive(Debug)]
+pub enum Inspect {
+    /// The directory's view of the cluster as JSON (`null` when the directory has none).
+    Cluster(oneshot::Sender<Value>),
+}
+
+/// What the admin endpoint reads.
 #[derive(Clone)]
-struct AdminState {
-    node_id: String,
-    region: String,
-    node: Arc<NodeCounters>,
-    worker: Arc<WorkerCounters>,
-    pipes: Option<(PipeHandle, Vec<String>)>,
+pub struct AdminState {
+    /// This node's id.
+    pub node_id: String,
+    /// Its region.
+    pub region: String,
+    /// Glue counters.
+    pub node: Arc<NodeCounters>,
+    /// Worker counters.
+    pub worker: Arc<WorkerCounters>,
+    /// The pipe endpoint, when pipes are on.
+    pub pipes: Option<PipeHandle>,
+    /// Static peers (always listed in the per-link metrics, even before their first link).
+    pub static_peers: Vec<String>,
+    /// The registry session; `None` on a node without one (static peers).
+    pub registry: Option<watch::Receiver<RegistryStatus>>,
+    /// Which registry backs the directory: "etcd", "in-process" or "static".
+    pub registry_kind: &'static str,
+    /// Questions to the worker task.
+    pub inspect: mpsc::Sender<Inspect>,
 }
 
 /// The admin router.
-pub fn router(
-    node_id: String,
-    region: String,
-    node: Arc<NodeCounters>,
-    worker: Arc<WorkerCounters>,
-    pipes: Option<(PipeHandle, Vec<String>)>,
-) -> Router {
+pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/cluster", get(cluster))
         .route("/metrics", get(metrics))
-        .with_state(AdminState {
-            node_id,
-            region,
-            node,
-            worker,
-            pipes,
-        })
+        .with_state(state)
 }
 
 async fn healthz(State(s): State<AdminState>) -> Json<Value> {
     Json(json!({"status": "ok", "nodeId": s.node_id, "region": s.region}))
+}
+
+async fn readyz(State(s): State<AdminState>) -> (StatusCode, Json<Value>) {
+    let status = s.registry.as_ref().map(|r| r.borrow().clone());
+    match status {
+        Some(st) if !st.connected => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "not ready",
+                "nodeId": s.node_id,
+                "registry": s.registry_kind,
+                "reason": st.last_error.unwrap_or_else(|| "registry session not established".into()),
+            })),
+        ),
+        _ => (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "nodeId": s.node_id, "registry": s.registry_kind})),
+        ),
+    }
+}
+
+async fn cluster(State(s): State<AdminState>) -> (StatusCode, Json<Value>) {
+    let (tx, rx) = oneshot::channel();
+    if s.inspect.send(Inspect::Cluster(tx)).await.is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "worker stopped"})),
+        );
+    }
+    match tokio::time::timeout(INSPECT_TIMEOUT, rx).await {
+        Ok(Ok(mut view)) => {
+            if let Value::Object(m) = &mut view {
+                m.insert("nodeId".into(), json!(s.node_id));
+                m.insert("registry".into(), json!(s.registry_kind));
+                if let Some(r) = &s.registry {
+                    let st = r.borrow().clone();
+                    m.insert(
+                        "session".into(),
+                        json!({
+                            "connected": st.connected,
+                            "leaseId": st.lease_id,
+                            "revision": st.revision,
+                            "leaseRegrants": st.lease_regrants,
+                            "watchResumes": st.watch_resumes,
+                            "relists": st.relists,
+                            "failedWrites": st.failed_writes,
+                            "lastError": st.last_error,
+                        }),
+                    );
+                }
+            }
+            (StatusCode::OK, Json(view))
+        }
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "worker did not answer"})),
+        ),
+    }
 }
 
 async fn metrics(State(s): State<AdminState>) -> String {
@@ -58,9 +140,24 @@ async fn metrics(State(s): State<AdminState>) -> String {
     for (name, v) in s.worker.snapshot() {
         line(name, v);
     }
-    if let Some((handle, peers)) = &s.pipes {
+    if let Some(r) = &s.registry {
+        let st = r.borrow().clone();
+        line("registry_connected", u64::from(st.connected));
+        line("registry_revision", st.revision.max(0) as u64);
+        line("registry_lease_regrants_total", st.lease_regrants);
+        line("registry_watch_resumes_total", st.watch_resumes);
+        line("registry_relists_total", st.relists);
+        line("registry_failed_writes_total", st.failed_writes);
+    }
+    if let Some(handle) = &s.pipes {
+        let mut peers = handle.peers();
+        for p in &s.static_peers {
+            if !peers.contains(p) {
+                peers.push(p.clone());
+            }
+        }
         for peer in peers {
-            let Some(st) = handle.stats(peer) else {
+            let Some(st) = handle.stats(&peer) else {
                 continue;
             };
             for (name, v) in [

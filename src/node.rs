@@ -19,8 +19,15 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 
+use crate::admin::{AdminState, Inspect};
 use crate::config::Config;
-use crate::discovery::directory::{DirectoryConfig, GossipDirectory};
+use crate::discovery::cluster::ClusterDirectory;
+use crate::discovery::directory::{DirectoryConfig, GossipDirectory, RoomDirectory};
+use crate::discovery::keys::{node_key, NodeLoad, NodeRecord, NodeState};
+use crate::discovery::registry::{
+    Registration, RegistryError, RegistryHandle, RegistryOp, RegistryUpdate,
+};
+use crate::discovery::{etcd, in_process};
 use crate::edge::demux::{encode_frame_header, FrameDecoder};
 use crate::edge::dtls::{DtlsEvent, DtlsIdentity, DtlsSession};
 use crate::edge::ice::{Protocol, Tuple};
@@ -51,6 +58,12 @@ pub enum NodeError {
     /// The DTLS certificate could not be made.
     #[error(transparent)]
     Dtls(#[from] crate::edge::dtls::DtlsError),
+    /// The cluster registry refused or could not be reached.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A setting could not be used.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Counters readable from the admin endpoint.
@@ -72,6 +85,12 @@ pub struct NodeAddrs {
     /// QUIC pipe listener, when pipes are configured.
     pub pipe: Option<SocketAddr>,
 }
+
+/// How often the node's load figures are refreshed in its registry record (written only when
+/// they changed).
+const LOAD_PUBLISH_INTERVAL: Duration = Duration::from_secs(5);
+/// Admin questions queued for the worker task.
+const INSPECT_QUEUE: usize = 16;
 
 /// Queue depth of the worker's command channel.
 const WORKER_QUEUE: usize = 4096;
@@ -145,6 +164,24 @@ pub async fn start(
     let (stop, _) = broadcast::channel::<()>(1);
     let pipes = start_pipes(&cfg, &stop).await?;
     addrs.pipe = pipes.as_ref().map(|(h, _)| h.local_addr());
+    let static_mode = !cfg.static_peers.is_empty();
+
+    let record = node_record(&cfg, &addrs);
+    let registry = if static_mode {
+        None
+    } else {
+        match start_registry(&cfg, &record, &stop).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                // The pipe endpoint already runs: stop it before refusing to start.
+                let _ = stop.send(());
+                if let Some((h, _)) = &pipes {
+                    h.stopped().await;
+                }
+                return Err(e);
+            }
+        }
+    };
 
     let identity = DtlsIdentity::generate()?;
     let worker = Worker::new(
@@ -159,15 +196,16 @@ pub async fn start(
     );
 
     let mut worker = worker;
-    if pipes.is_some() {
-        worker.enable_pipes(
-            Box::new(GossipDirectory::new(DirectoryConfig {
-                max_peers_per_room: cfg.max_peers_per_room,
-                ..DirectoryConfig::default()
-            })),
-            Duration::from_secs(cfg.pipe_grace_secs),
-        );
-    }
+    let directory_config = DirectoryConfig {
+        max_peers_per_room: cfg.max_peers_per_room,
+        ..DirectoryConfig::default()
+    };
+    let directory: Box<dyn RoomDirectory + Send> = if static_mode {
+        Box::new(GossipDirectory::new(directory_config))
+    } else {
+        Box::new(ClusterDirectory::new(record, directory_config))
+    };
+    worker.enable_pipes(directory, Duration::from_secs(cfg.pipe_grace_secs));
     worker.set_ntp_origin(
         Instant::now(),
         ntp_from_system_time(std::time::SystemTime::now()),
@@ -179,6 +217,11 @@ pub async fn start(
     let mut tasks = JoinSet::new();
 
     let udp = Arc::new(udp);
+    let (inspect_tx, inspect_rx) = mpsc::channel(INSPECT_QUEUE);
+    let (registry_kind, registry_status, registry_io) = match registry {
+        Some((kind, h)) => (kind, Some(h.status.clone()), Some((h.ops, h.updates))),
+        None => ("static", None, None),
+    };
     let (pipe_handle, pipe_events) = match pipes {
         Some((h, rx)) => (Some(h), Some(rx)),
         None => (None, None),
@@ -200,6 +243,8 @@ pub async fn start(
         ev_tx.clone(),
         pipe_handle.clone(),
         pipe_events,
+        registry_io,
+        inspect_rx,
         stop.subscribe(),
     ));
     tasks.spawn(tcp_accept(tcp, ev_tx, counters.clone(), stop.subscribe()));
@@ -220,13 +265,17 @@ pub async fn start(
         .parsed_static_peers()
         .map(|v| v.into_iter().map(|p| p.node_id).collect())
         .unwrap_or_default();
-    let admin_app = crate::admin::router(
-        cfg.node_id.clone(),
-        cfg.region.clone(),
-        counters,
-        worker_counters,
-        pipe_handle.map(|h| (h, pipe_peers)),
-    );
+    let admin_app = crate::admin::router(AdminState {
+        node_id: cfg.node_id.clone(),
+        region: cfg.region.clone(),
+        node: counters,
+        worker: worker_counters,
+        pipes: pipe_handle,
+        static_peers: pipe_peers,
+        registry: registry_status,
+        registry_kind,
+        inspect: inspect_tx,
+    });
     let mut s = stop.subscribe();
     tasks.spawn(async move {
         let r = axum::serve(admin, admin_app)
@@ -291,7 +340,7 @@ async fn start_pipes(
             identity,
             cluster: cfg.cluster.clone(),
             peers: resolved,
-            accept_unknown: false,
+            accept_unknown: !cfg.etcd_endpoints.is_empty(),
             tuning: TransportTuning::default(),
             link: LinkConfig {
                 rng_seed: rand::random(),
@@ -305,6 +354,114 @@ async fn start_pipes(
     .map_err(|e| NodeError::Pipe(e.to_string()))?;
     tracing::info!(listen = %handle.local_addr(), "pipe endpoint listening");
     Ok(Some((handle, events)))
+}
+
+/// This node's record in the cluster registry.
+fn node_record(cfg: &Config, addrs: &NodeAddrs) -> NodeRecord {
+    let started_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    NodeRecord {
+        node_id: NodeId::from(cfg.node_id.as_str()),
+        region: cfg.region.clone(),
+        pipe_addr: addrs.pipe.map(|p| cfg.effective_pipe_address(p.port())),
+        signaling_url: cfg.effective_signaling_url(addrs.signaling.port()),
+        admin_url: format!("http://{}", addrs.admin),
+        state: NodeState::Serving,
+        load: NodeLoad::default(),
+        software: concat!("pipemesh ", env!("CARGO_PKG_VERSION")).to_owned(),
+        started_at_ms,
+        incarnation: uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+/// Starts the registry: etcd with `--etcd-endpoints`, the in-process one otherwise. Fails when
+/// etcd cannot be reached in time or another live node has this node's id.
+async fn start_registry(
+    cfg: &Config,
+    record: &NodeRecord,
+    stop: &broadcast::Sender<()>,
+) -> Result<(&'static str, RegistryHandle), NodeError> {
+    let registration = Registration {
+        node_id: cfg.node_id.clone(),
+        node_key: node_key(&record.node_id),
+        node_value: serde_json::to_string(record)
+            .map_err(|e| NodeError::Pipe(format!("node record: {e}")))?,
+    };
+    if cfg.etcd_endpoints.is_empty() {
+        return Ok(("in-process", in_process::start(registration)));
+    }
+    let tls = if cfg.etcd_ca.is_some() || cfg.etcd_cert.is_some() {
+        Some(etcd::EtcdTls {
+            ca: cfg.etcd_ca.clone(),
+            cert: cfg.etcd_cert.clone(),
+            key: cfg.etcd_key.clone(),
+            domain: None,
+        })
+    } else {
+        None
+    };
+    let auth = match &cfg.etcd_user {
+        Some(user) => Some(etcd::EtcdAuth {
+            user: user.clone(),
+            password: cfg.etcd_password()?.unwrap_or_default(),
+        }),
+        None => None,
+    };
+    let mut s = stop.subscribe();
+    let handle = etcd::start(
+        etcd::EtcdConfig {
+            lease_ttl: Duration::from_secs(cfg.etcd_lease_ttl_secs),
+            connect_timeout: Duration::from_secs(cfg.etcd_connect_timeout_secs),
+            tls,
+            auth,
+            ..etcd::EtcdConfig::new(cfg.etcd_endpoints.clone(), cfg.cluster.clone())
+        },
+        registration,
+        async move {
+            let _ = s.recv().await;
+        },
+    )
+    .await?;
+    tracing::info!(endpoints = %cfg.etcd_endpoints.join(","), cluster = %cfg.cluster, "joined the cluster through etcd");
+    Ok(("etcd", handle))
+}
+
+/// Waits for the next registry update, or forever when the node has no registry.
+async fn next_registry_update(
+    io: &mut Option<(
+        mpsc::UnboundedSender<RegistryOp>,
+        mpsc::Receiver<RegistryUpdate>,
+    )>,
+) -> Option<RegistryUpdate> {
+    match io {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Asks the pipe endpoint for a link to `node` at `addr` (`HOST:PORT`, resolved if needed).
+fn want_link(pipe: &PipeHandle, node: NodeId, addr: String) {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        if let Err(e) = pipe.want(node.as_str(), a) {
+            tracing::warn!(%node, %addr, error = %e, "cannot link to node");
+        }
+        return;
+    }
+    let pipe = pipe.clone();
+    tokio::spawn(async move {
+        match tokio::net::lookup_host(&addr).await.map(|mut a| a.next()) {
+            Ok(Some(a)) => {
+                if let Err(e) = pipe.want(node.as_str(), a) {
+                    tracing::warn!(%node, %addr, error = %e, "cannot link to node");
+                }
+            }
+            Ok(None) | Err(_) => {
+                tracing::warn!(%node, %addr, "cannot resolve the node's pipe address")
+            }
+        }
+    });
 }
 
 /// Waits for the next pipe event, or forever when the node has no pipes.
@@ -325,8 +482,15 @@ async fn worker_task(
     event_tx: mpsc::Sender<Event>,
     pipe: Option<PipeHandle>,
     mut pipe_events: Option<mpsc::Receiver<PipeEvent>>,
+    mut registry: Option<(
+        mpsc::UnboundedSender<RegistryOp>,
+        mpsc::Receiver<RegistryUpdate>,
+    )>,
+    mut inspect: mpsc::Receiver<Inspect>,
     mut stop: broadcast::Receiver<()>,
 ) {
+    let mut load_tick = tokio::time::interval(LOAD_PUBLISH_INTERVAL);
+    load_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sessions: HashMap<SessionId, mpsc::Sender<ToPeer>> = HashMap::new();
     let mut tcp_writers: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
     let mut dtls: HashMap<TransportId, DtlsSession> = HashMap::new();
@@ -386,92 +550,123 @@ async fn worker_task(
                     }
                 }
             }
+            Some(update) = next_registry_update(&mut registry) => {
+                worker.handle_registry_update(Instant::now(), update);
+            }
+            Some(q) = inspect.recv() => match q {
+                Inspect::Cluster(reply) => {
+                    let _ = reply.send(worker.cluster_view_json());
+                }
+            },
+            _ = load_tick.tick() => worker.publish_load(Instant::now()),
             _ = sleep => worker.handle_timeout(Instant::now()),
         }
         let mut stuck: Vec<SessionId> = Vec::new();
-        while let Some(out) = worker.poll_output() {
-            match out {
-                Output::Transmit { tuple, data } => match tuple.protocol {
-                    Protocol::Udp => {
-                        // Non-blocking: a full socket buffer drops the packet, as a router would.
-                        let _ = udp.try_send_to(&data, tuple.remote);
-                    }
-                    Protocol::Tcp => {
-                        if let Some(w) = tcp_writers.get(&tuple.remote) {
-                            let _ = w.try_send(data);
+        let mut closing: Vec<SessionId> = Vec::new();
+        loop {
+            while let Some(out) = worker.poll_output() {
+                match out {
+                    Output::Transmit { tuple, data } => match tuple.protocol {
+                        Protocol::Udp => {
+                            // Non-blocking: a full socket buffer drops the packet, as a router would.
+                            let _ = udp.try_send_to(&data, tuple.remote);
                         }
-                    }
-                },
-                Output::ToPeer { session, msg } => {
-                    if let Some(tx) = sessions.get(&session) {
-                        match tx.try_send(msg) {
-                            Ok(()) => {}
-                            // The session is ending: its Closed command is on its way.
-                            Err(mpsc::error::TrySendError::Closed(_)) => {}
-                            Err(mpsc::error::TrySendError::Full(_)) => {
-                                if !stuck.contains(&session) {
-                                    tracing::warn!(session, "peer queue full; disconnecting it");
-                                    stuck.push(session);
+                        Protocol::Tcp => {
+                            if let Some(w) = tcp_writers.get(&tuple.remote) {
+                                let _ = w.try_send(data);
+                            }
+                        }
+                    },
+                    Output::ToPeer { session, msg } => {
+                        if let Some(tx) = sessions.get(&session) {
+                            match tx.try_send(msg) {
+                                Ok(()) => {}
+                                // The session is ending: its Closed command is on its way.
+                                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                                Err(mpsc::error::TrySendError::Full(_)) => {
+                                    if !stuck.contains(&session) {
+                                        tracing::warn!(
+                                            session,
+                                            "peer queue full; disconnecting it"
+                                        );
+                                        stuck.push(session);
+                                    }
                                 }
                             }
                         }
                     }
-                }
-                Output::DtlsStart {
-                    transport,
-                    role,
-                    fingerprints,
-                } => {
-                    let tx = event_tx.clone();
-                    let t = transport.clone();
-                    let s = DtlsSession::start(
-                        &identity,
+                    Output::DtlsStart {
+                        transport,
                         role,
                         fingerprints,
-                        DTLS_HANDSHAKE_TIMEOUT,
-                        move |e| {
-                            let _ = tx.try_send(Event::Dtls(t.clone(), e));
-                        },
-                    );
-                    dtls.insert(transport, s);
-                }
-                Output::DtlsFeed { transport, data } => {
-                    if let Some(s) = dtls.get(&transport) {
-                        s.feed(&data);
+                    } => {
+                        let tx = event_tx.clone();
+                        let t = transport.clone();
+                        let s = DtlsSession::start(
+                            &identity,
+                            role,
+                            fingerprints,
+                            DTLS_HANDSHAKE_TIMEOUT,
+                            move |e| {
+                                let _ = tx.try_send(Event::Dtls(t.clone(), e));
+                            },
+                        );
+                        dtls.insert(transport, s);
                     }
-                }
-                Output::DtlsStop { transport } => {
-                    dtls.remove(&transport);
-                }
-                Output::CloseTcp { remote } => {
-                    // Dropping the writer ends the writer task, which closes the socket.
-                    tcp_writers.remove(&remote);
-                }
-                Output::PipeControl { node, msg } => {
-                    if let Some(p) = &pipe {
-                        if let Err(e) = p.send_control(node.as_str(), msg) {
-                            tracing::debug!(%node, error = %e, "pipe control not sent");
+                    Output::DtlsFeed { transport, data } => {
+                        if let Some(s) = dtls.get(&transport) {
+                            s.feed(&data);
+                        }
+                    }
+                    Output::DtlsStop { transport } => {
+                        dtls.remove(&transport);
+                    }
+                    Output::CloseTcp { remote } => {
+                        // Dropping the writer ends the writer task, which closes the socket.
+                        tcp_writers.remove(&remote);
+                    }
+                    Output::PipeControl { node, msg } => {
+                        if let Some(p) = &pipe {
+                            if let Err(e) = p.send_control(node.as_str(), msg) {
+                                tracing::debug!(%node, error = %e, "pipe control not sent");
+                            }
+                        }
+                    }
+                    Output::PipeDatagram { node, data } => {
+                        if let Some(p) = &pipe {
+                            // Counted by the endpoint when dropped (link down, too large).
+                            let _ = p.send_datagram(node.as_str(), data);
+                        }
+                    }
+                    Output::PipeWanted { node, addr } => {
+                        if let Some(p) = &pipe {
+                            want_link(p, node, addr);
+                        }
+                    }
+                    Output::PipeUnwanted { node } => {
+                        if let Some(p) = &pipe {
+                            p.unwant(node.as_str());
+                        }
+                    }
+                    Output::Registry(op) => {
+                        if let Some((ops, _)) = &registry {
+                            // Only fails once the registry task has stopped (shutdown).
+                            let _ = ops.send(op);
                         }
                     }
                 }
-                Output::PipeDatagram { node, data } => {
-                    if let Some(p) = &pipe {
-                        // Counted by the endpoint when dropped (link down, too large).
-                        let _ = p.send_datagram(node.as_str(), data);
-                    }
-                }
             }
-        }
-        // A peer that cannot keep up leaves its room; dropping its sender ends its session.
-        for session in stuck {
-            sessions.remove(&session);
-            worker.handle_session_closed(Instant::now(), session);
-            while let Some(out) = worker.poll_output() {
-                if let Output::ToPeer { session, msg } = out {
-                    if let Some(tx) = sessions.get(&session) {
-                        let _ = tx.try_send(msg);
-                    }
-                }
+            // A peer that cannot keep up leaves its room; dropping its sender ends its session.
+            // Its departure has outputs of its own (notifications, registry writes): the loop
+            // dispatches them; a peer found stuck while they are sent is closed the same way.
+            stuck.retain(|s| !closing.contains(s));
+            if stuck.is_empty() {
+                break;
+            }
+            for session in stuck.drain(..) {
+                closing.push(session);
+                sessions.remove(&session);
+                worker.handle_session_closed(Instant::now(), session);
             }
         }
     }

@@ -127,8 +127,8 @@ pub struct TransportTuning {
 impl Default for TransportTuning {
     fn default() -> Self {
         Self {
-            keep_alive: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(5),
+            keep_alive: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(3),
             max_datagram_buffer: 1 << 20,
             stream_receive_window: 1 << 20,
             connection_receive_window: 4 << 20,

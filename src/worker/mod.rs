@@ -109,6 +109,20 @@ pub enum Output {
         /// The datagram.
         data: bytes::Bytes,
     },
+    /// A room needs a pipe link to this node (at this `HOST:PORT`).
+    PipeWanted {
+        /// The node.
+        node: NodeId,
+        /// Its pipe address as published in the registry.
+        addr: String,
+    },
+    /// No room needs the pipe link to this node any more.
+    PipeUnwanted {
+        /// The node.
+        node: NodeId,
+    },
+    /// A write this node owes the cluster registry.
+    Registry(crate::discovery::registry::RegistryOp),
 }
 
 /// Something a room did that the worker must act on beyond the room (directory, pipe

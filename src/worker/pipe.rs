@@ -194,6 +194,45 @@ impl Worker {
         self.settle(now);
     }
 
+    /// The directory's view of the cluster as JSON (`null` when the directory has none, as
+    /// with static peers).
+    pub fn cluster_view_json(&self) -> Value {
+        self.directory
+            .cluster_view()
+            .and_then(|v| serde_json::to_value(v).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Refreshes this node's load figures in its registry record (written only when changed).
+    pub fn publish_load(&mut self, now: Instant) {
+        let mut load = crate::discovery::keys::NodeLoad {
+            rooms: self.rooms.len() as u64,
+            pipe_links: self.pipes.up.len() as u64,
+            ..Default::default()
+        };
+        for room in self.rooms.values() {
+            load.peers += room.peers.len() as u64;
+            load.producers += room
+                .producers
+                .values()
+                .filter(|p| matches!(p.source, Source::Transport(_)))
+                .count() as u64;
+            load.consumers += room.consumers.len() as u64;
+        }
+        self.directory.set_local_load(load);
+        self.settle(now);
+    }
+
+    /// What the cluster registry reports (a listing or changes under the cluster prefix).
+    pub fn handle_registry_update(
+        &mut self,
+        now: Instant,
+        update: crate::discovery::registry::RegistryUpdate,
+    ) {
+        self.directory.apply_registry(update);
+        self.settle(now);
+    }
+
     /// A control message from `node`.
     pub fn handle_pipe_control(&mut self, now: Instant, node: &NodeId, msg: ControlMessage) {
         use ControlMessage as M;
@@ -676,6 +715,9 @@ impl Worker {
             while let Some((node, msg)) = self.directory.poll_send() {
                 self.outputs.push_back(Output::PipeControl { node, msg });
             }
+            while let Some(op) = self.directory.poll_registry_op() {
+                self.outputs.push_back(Output::Registry(op));
+            }
             let nodes: Vec<NodeId> = self.pipes.links.keys().cloned().collect();
             for node in nodes {
                 while let Some(a) = self
@@ -914,7 +956,15 @@ impl Worker {
                 room, producer_id, ..
             } => self.close_pipe_producer(&room, &producer_id),
             DirectoryEvent::NodeGone { .. } => {}
-            DirectoryEvent::LinkWanted { .. } | DirectoryEvent::LinkUnwanted { .. } => {}
+            DirectoryEvent::LinkWanted { node, pipe_addr } => {
+                self.outputs.push_back(Output::PipeWanted {
+                    node,
+                    addr: pipe_addr,
+                });
+            }
+            DirectoryEvent::LinkUnwanted { node } => {
+                self.outputs.push_back(Output::PipeUnwanted { node });
+            }
         }
     }
 

@@ -216,6 +216,11 @@ impl NodeProcess {
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill();
-        let _ = std::fs::remove_file(&self.log);
+        // A failing test keeps the logs for the post-mortem.
+        if std::thread::panicking() {
+            eprintln!("node {} log kept at {}", self.id, self.log.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }

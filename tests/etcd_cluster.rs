@@ -1,0 +1,562 @@
+//! Nodes that find each other through a real etcd (Debian's `etcd-server`, started per test on
+//! free ports): rooms span nodes with no static peer list, a SIGKILLed node's consumers and
+//! peers are closed on the others within 5 s, an etcd outage leaves media untouched (nodes
+//! report not-ready and recover), watchers that fell behind a compaction re-list and converge,
+//! a duplicate node id is refused at start, and malformed registry values are skipped.
+//!
+//! Nodes run as processes of the real binary (so they can be SIGKILLed). Waits are on bot
+//! events, `/readyz`, `/cluster` and `/metrics`; bare sleeps only set the length of an outage
+//! (the input of a test) or a measurement window.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::etcd::Etcd;
+use common::process::NodeProcess;
+use common::*;
+use pipemesh::bot::client::{Bot, BotEvent};
+use pipemesh::router::rtp_parameters::MediaKind;
+use serde_json::Value;
+
+/// Lease TTL given to the nodes: a killed node's keys vanish this long after its last
+/// keepalive (plus etcd's expiry check, up to 500 ms).
+const LEASE_TTL_SECS: u64 = 3;
+/// The issue's bound on detecting a killed node.
+const DETECTION_BOUND: Duration = Duration::from_secs(5);
+
+fn options(node: &NodeProcess, room: &str, peer: &str) -> pipemesh::bot::client::BotOptions {
+    pipemesh::bot::client::BotOptions::new(&node.url(), room, peer)
+}
+
+/// A producing-only bot.
+async fn publisher(node: &NodeProcess, room: &str, peer: &str) -> Bot {
+    let mut o = options(node, room, peer);
+    o.consume = false;
+    join(o).await
+}
+
+/// A consuming-only bot.
+async fn consumer(node: &NodeProcess, room: &str, peer: &str) -> Bot {
+    let mut o = options(node, room, peer);
+    o.audio = false;
+    o.video = false;
+    join(o).await
+}
+
+async fn cluster_nodes(etcd: &Etcd, ids: &[&str]) -> Vec<NodeProcess> {
+    let ttl = format!("--etcd-lease-ttl-secs={LEASE_TTL_SECS}");
+    let mut nodes: Vec<NodeProcess> = ids
+        .iter()
+        .map(|id| NodeProcess::spawn(id, &etcd.endpoint(), "test", &[&ttl]))
+        .collect();
+    for n in &mut nodes {
+        n.wait_ready(Duration::from_secs(20)).await;
+    }
+    nodes
+}
+
+/// Waits until `bot` has received media on `n` consumers: at least `packets` packets each.
+async fn wait_media(bot: &mut Bot, n: usize, packets: u64) {
+    bot.wait_consumers(n, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {n} consumers: {e}", bot.peer_id()));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let stats = bot.stats().await.expect("stats");
+        let flowing = stats
+            .iter()
+            .filter(|s| s.stats.snapshot(Instant::now()).received >= packets)
+            .count();
+        if flowing >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: media on {flowing} of {n} consumers",
+            bot.peer_id()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The peer ids of `room` in a node's `/cluster` view (every node's peers).
+fn view_peers(view: &Value, room: &str) -> HashSet<String> {
+    view["rooms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["room"] == room)
+        .flat_map(|r| r["peers"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p["peerId"].as_str().map(str::to_owned))
+        .collect()
+}
+
+async fn long_test<F: std::future::Future<Output = ()>>(limit: Duration, f: F) {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("test exceeded its {limit:?} deadline"));
+}
+
+#[tokio::test]
+async fn three_nodes_one_etcd_bots_consume_across_nodes() {
+    long_test(Duration::from_secs(60), async {
+        let etcd = Etcd::start().await;
+        let nodes = cluster_nodes(&etcd, &["n1", "n2", "n3"]).await;
+        let mut p = publisher(&nodes[0], "r", "pub").await;
+        let mut c2 = consumer(&nodes[1], "r", "c2").await;
+        let mut c3 = consumer(&nodes[2], "r", "c3").await;
+        // Audio and video from n1, on n2 and on n3, each through its own pipe.
+        wait_media(&mut c2, 2, 50).await;
+        wait_media(&mut c3, 2, 50).await;
+        for c in [&c2, &c3] {
+            let from: HashSet<String> = c.consumers().iter().map(|s| s.peer_id.clone()).collect();
+            assert_eq!(from, HashSet::from(["pub".to_owned()]));
+        }
+        // A late joiner on n3 sees every peer of the room in `join`.
+        let late = consumer(&nodes[2], "r", "late").await;
+        let seen: HashSet<&str> = late.peers_at_join().iter().map(String::as_str).collect();
+        assert_eq!(seen, HashSet::from(["pub", "c2", "c3"]), "join on n3");
+        // Every node's view has the room's four peers.
+        for n in &nodes {
+            let want: HashSet<String> = ["pub", "c2", "c3", "late"].map(String::from).into();
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let got = view_peers(&n.admin_json("/cluster").await, "r");
+                if got == want {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: /cluster peers {got:?}",
+                    n.id
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        // Links exist only where a room needs them: n1-n2, n1-n3 and n2-n3 all share room r.
+        let m1 = nodes[0].metrics().await;
+        assert_eq!(m1.get(&link_metric("pipe_link_up", "n2")), Some(&1));
+        assert_eq!(m1.get(&link_metric("pipe_link_up", "n3")), Some(&1));
+        p.close_producer(MediaKind::Audio).await.unwrap();
+        c2.wait_notification("consumerClosed", WAIT, |_| true)
+            .await
+            .expect("consumerClosed crosses nodes");
+        p.close().await;
+        c3.wait_notification("peerClosed", WAIT, |d| d["peerId"] == "pub")
+            .await
+            .expect("peerClosed crosses nodes");
+    })
+    .await;
+}
+
+/// Records, for one bot, when the consumer closures and the peer closure arrive.
+async fn time_closures(
+    mut bot: Bot,
+    t0: Instant,
+    consumers: HashSet<String>,
+    peer: &str,
+) -> (String, Duration, Duration) {
+    let mut open = consumers;
+    let mut consumers_closed = None;
+    let mut peer_closed = None;
+    let deadline = t0 + Duration::from_secs(15);
+    while consumers_closed.is_none() || peer_closed.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = tokio::time::timeout(left, bot.next_event())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{}: after 15 s, consumers still open {open:?}, peerClosed {}",
+                    bot.peer_id(),
+                    peer_closed.is_some()
+                )
+            });
+        match ev {
+            Some(BotEvent::Notification { method, data }) => match method.as_str() {
+                "consumerClosed" => {
+                    if let Some(id) = data["consumerId"].as_str() {
+                        open.remove(id);
+                    }
+                    if open.is_empty() && consumers_closed.is_none() {
+                        consumers_closed = Some(t0.elapsed());
+                    }
+                }
+                "peerClosed" if data["peerId"] == peer => peer_closed = Some(t0.elapsed()),
+                _ => {}
+            },
+            Some(_) => {}
+            None => panic!("{}: signaling closed", bot.peer_id()),
+        }
+    }
+    (
+        bot.peer_id().to_owned(),
+        consumers_closed.unwrap_or_default(),
+        peer_closed.unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn sigkilled_node_is_detected_within_five_seconds() {
+    long_test(Duration::from_secs(60), async {
+        let etcd = Etcd::start().await;
+        let mut nodes = cluster_nodes(&etcd, &["n1", "n2", "n3"]).await;
+        let _p = publisher(&nodes[0], "r", "pub").await;
+        let mut c2 = consumer(&nodes[1], "r", "c2").await;
+        let mut c3 = consumer(&nodes[2], "r", "c3").await;
+        wait_media(&mut c2, 2, 20).await;
+        wait_media(&mut c3, 2, 20).await;
+        let ids =
+            |b: &Bot| -> HashSet<String> { b.consumers().into_iter().map(|c| c.id).collect() };
+        let (ids2, ids3) = (ids(&c2), ids(&c3));
+
+        let t0 = Instant::now();
+        nodes[0].kill();
+        let (r2, r3) = tokio::join!(
+            time_closures(c2, t0, ids2, "pub"),
+            time_closures(c3, t0, ids3, "pub")
+        );
+        for (peer, consumers, peer_closed) in [r2, r3] {
+            eprintln!(
+                "SIGKILL of n1 detected by {peer}: consumerClosed (all) after {consumers:?}, \
+                 peerClosed after {peer_closed:?} (lease TTL {LEASE_TTL_SECS} s)"
+            );
+            assert!(
+                consumers < DETECTION_BOUND,
+                "{peer}: consumers closed after {consumers:?}"
+            );
+            assert!(
+                peer_closed < DETECTION_BOUND,
+                "{peer}: peer closed after {peer_closed:?}"
+            );
+        }
+        // The dead node is gone from the survivors' views.
+        for n in &nodes[1..] {
+            let view = n.admin_json("/cluster").await;
+            let listed: Vec<&str> = view["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n["record"]["nodeId"].as_str())
+                .collect();
+            assert!(
+                !listed.contains(&"n1"),
+                "{}: still lists n1: {listed:?}",
+                n.id
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn etcd_outage_keeps_media_and_readiness_recovers() {
+    long_test(Duration::from_secs(120), async {
+        let mut etcd = Etcd::start().await;
+        let nodes = cluster_nodes(&etcd, &["n1", "n2"]).await;
+        let _p = publisher(&nodes[0], "r", "pub").await;
+        let mut c = consumer(&nodes[1], "r", "c").await;
+        wait_media(&mut c, 2, 50).await;
+        for n in &nodes {
+            assert_eq!(n.readyz().await, 200);
+        }
+
+        let outage = Duration::from_secs(30);
+        let t_stop = Instant::now();
+        etcd.stop();
+        for n in &nodes {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while n.readyz().await != 503 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: still ready without etcd",
+                    n.id
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(
+                n.healthz().await,
+                200,
+                "{}: healthz during the outage",
+                n.id
+            );
+            eprintln!(
+                "{} not ready {:?} after etcd stopped",
+                n.id,
+                t_stop.elapsed()
+            );
+        }
+        tokio::time::sleep(outage.saturating_sub(t_stop.elapsed())).await;
+        etcd.start_again().await;
+        let t_back = Instant::now();
+        for n in &nodes {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while n.readyz().await != 200 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: not ready after etcd returned",
+                    n.id
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            eprintln!(
+                "{} ready again {:?} after etcd returned",
+                n.id,
+                t_back.elapsed()
+            );
+        }
+        // Media never stopped: the longest interarrival gap on each stream during the outage.
+        let stats = c.stats().await.expect("stats");
+        assert_eq!(stats.len(), 2, "both consumers survived");
+        for s in &stats {
+            let worst = s
+                .stats
+                .long_gaps()
+                .iter()
+                .filter(|(end, _)| *end >= t_stop)
+                .map(|(_, gap)| *gap)
+                .max()
+                .unwrap_or_default();
+            let snap = s.stats.snapshot(Instant::now());
+            eprintln!(
+                "{} consumer during the {outage:?} etcd outage: longest gap {worst:?} \
+                 (gaps >= 100 ms: {}), {} packets in all",
+                s.consumer.kind,
+                s.stats
+                    .long_gaps()
+                    .iter()
+                    .filter(|(e, _)| *e >= t_stop)
+                    .count(),
+                snap.received
+            );
+            assert!(
+                worst <= Duration::from_millis(200),
+                "{}: gap {worst:?}",
+                s.consumer.kind
+            );
+            let last = s.stats.last_arrival().expect("packets arrived");
+            assert!(
+                last.elapsed() < Duration::from_millis(200),
+                "media still flowing"
+            );
+        }
+        // After etcd returns a new peer joins and sees everyone, and gets the publisher's media.
+        let mut late = consumer(&nodes[1], "r", "late").await;
+        let seen: HashSet<&str> = late.peers_at_join().iter().map(String::as_str).collect();
+        assert_eq!(seen, HashSet::from(["pub", "c"]));
+        wait_media(&mut late, 2, 20).await;
+        let mut late1 = consumer(&nodes[0], "r", "late1").await;
+        let seen: HashSet<&str> = late1.peers_at_join().iter().map(String::as_str).collect();
+        assert_eq!(seen, HashSet::from(["pub", "c", "late"]));
+        wait_media(&mut late1, 2, 20).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn duplicate_node_id_is_refused() {
+    long_test(Duration::from_secs(60), async {
+        let etcd = Etcd::start().await;
+        let _first = cluster_nodes(&etcd, &["dup"]).await;
+        let ttl = format!("--etcd-lease-ttl-secs={LEASE_TTL_SECS}");
+        let mut second = NodeProcess::spawn("dup", &etcd.endpoint(), "test", &[&ttl]);
+        let t0 = Instant::now();
+        let status = second.wait_exit(Duration::from_secs(20)).await;
+        let log = second.log();
+        eprintln!(
+            "second node with id dup exited after {:?}: {status}",
+            t0.elapsed()
+        );
+        assert!(!status.success(), "the duplicate must fail");
+        assert!(
+            log.contains("already registered") && log.contains("dup"),
+            "clear error expected, got:\n{log}"
+        );
+        // The first node is unaffected.
+        assert_eq!(_first[0].readyz().await, 200);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_registry_values_are_skipped() {
+    long_test(Duration::from_secs(60), async {
+        let etcd = Etcd::start().await;
+        let nodes = cluster_nodes(&etcd, &["n1", "n2"]).await;
+        let _p = publisher(&nodes[0], "r", "pub").await;
+        let p = "/pipemesh/test/";
+        for (k, v) in [
+            ("nodes/bad", "not json"),
+            ("nodes/n%zz", "{}"),
+            ("rooms/r/peers/ghost/x", "{\"displayName\": 7}"),
+            ("rooms/r/producers/n1/pub/xyz", "[]"),
+            ("rooms/r/unknown/thing", "{}"),
+            ("garbage", "\u{0}\u{1}"),
+        ] {
+            etcd.put(&format!("{p}{k}"), v.as_bytes()).await;
+        }
+        // The nodes keep working: a new peer on n2 sees the publisher and gets its media.
+        let mut c = consumer(&nodes[1], "r", "c").await;
+        assert_eq!(c.peers_at_join(), &["pub".to_owned()]);
+        wait_media(&mut c, 2, 20).await;
+        for n in &nodes {
+            let view = n.admin_json("/cluster").await;
+            let malformed = view["stats"]["malformed"].as_u64().unwrap_or(0);
+            assert!(
+                malformed >= 4,
+                "{}: malformed counted {malformed}: {view}",
+                n.id
+            );
+            assert_eq!(n.readyz().await, 200);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn watchers_behind_a_compaction_relist_and_converge() {
+    long_test(Duration::from_secs(90), async {
+        let mut etcd = Etcd::start().await;
+        let home = etcd.client;
+        let nodes = cluster_nodes(&etcd, &["n1", "n2"]).await;
+        let _p = publisher(&nodes[0], "r", "pub").await;
+        let mut c = consumer(&nodes[1], "r", "c").await;
+        wait_media(&mut c, 2, 20).await;
+        let relists_before: Vec<u64> = {
+            let mut v = Vec::new();
+            for n in &nodes {
+                v.push(
+                    n.metrics()
+                        .await
+                        .get("registry_relists_total")
+                        .copied()
+                        .unwrap_or(0),
+                );
+            }
+            v
+        };
+
+        // etcd goes away; while the nodes cannot reach it, the cluster moves on elsewhere (a
+        // client address they do not know): a node "ghost" with a peer in room r appears,
+        // n1's peer entry is deleted behind its back, and history is compacted away.
+        etcd.stop();
+        for n in &nodes {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while n.readyz().await != 503 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: still ready without etcd",
+                    n.id
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        etcd.start_again_on(common::etcd::free_addr()).await;
+        let mut other = etcd.client().await;
+        let k = |rel: &str| format!("/pipemesh/test/{rel}");
+        let ghost = serde_json::json!({
+            "nodeId": "ghost", "region": "elsewhere", "pipeAddr": "127.0.0.1:9",
+            "signalingUrl": "ws://127.0.0.1:9", "adminUrl": "http://127.0.0.1:9",
+            "state": "serving", "software": "test", "startedAtMs": 0, "incarnation": "g"
+        });
+        other
+            .put(k("nodes/ghost"), ghost.to_string(), None)
+            .await
+            .unwrap();
+        other
+            .put(
+                k("rooms/r/peers/ghost/gp"),
+                r#"{"displayName":"Ghost","device":{}}"#,
+                None,
+            )
+            .await
+            .unwrap();
+        other.delete(k("rooms/r/peers/n1/pub"), None).await.unwrap();
+        let rev = other
+            .put(k("rooms/r/nodes/ghost"), r#"{"sinceMs":0}"#, None)
+            .await
+            .unwrap()
+            .header()
+            .expect("header")
+            .revision();
+        other
+            .compact(
+                rev,
+                Some(etcd_client::CompactionOptions::new().with_physical()),
+            )
+            .await
+            .unwrap();
+        drop(other);
+        etcd.stop();
+        etcd.start_again_on(home).await;
+
+        // Both nodes come back, hit the compaction, re-list, and converge: the ghost peer
+        // appears (c hears newPeer), n1 restores the entry it owns, the publisher stays.
+        for n in &nodes {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while n.readyz().await != 200 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: not ready after etcd returned",
+                    n.id
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        c.wait_notification("newPeer", WAIT, |d| d["id"] == "gp")
+            .await
+            .expect("the ghost peer reaches c after the re-list");
+        let want: HashSet<String> = ["pub", "c", "gp"].map(String::from).into();
+        for (i, n) in nodes.iter().enumerate() {
+            let relists = n
+                .metrics()
+                .await
+                .get("registry_relists_total")
+                .copied()
+                .unwrap_or(0);
+            assert!(
+                relists > relists_before[i],
+                "{}: no re-list ({relists})",
+                n.id
+            );
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let got = view_peers(&n.admin_json("/cluster").await, "r");
+                if got == want {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: /cluster peers {got:?}",
+                    n.id
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        // n1's entry is back in etcd itself (it never trusts the registry over its own state).
+        let mut check = etcd.client().await;
+        let got = check.get(k("rooms/r/peers/n1/pub"), None).await.unwrap();
+        assert_eq!(got.kvs().len(), 1, "n1 re-published its peer");
+        // c gets the publisher's media (if c's node re-listed before n1 re-published, the
+        // publisher briefly left and came back: its consumers were re-created).
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let stats = c.stats().await.expect("stats");
+            let live = stats
+                .iter()
+                .filter(|s| {
+                    s.stats
+                        .last_arrival()
+                        .is_some_and(|t| t.elapsed() < Duration::from_millis(200))
+                })
+                .count();
+            if live >= 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "c: {live} live streams");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
