@@ -666,6 +666,11 @@ async fn authentication_refuses_a_wrong_password_and_renews_an_expired_token() {
     a.put("rooms/s", "1");
     a.wait_view("a write after the token expired", |v| v.len() == 3)
         .await;
-    a.wait_status("connected", |s| s.connected).await;
+    let status = a.wait_status("connected", |s| s.connected).await;
+    assert_eq!(
+        (status.failed_writes, status.lease_regrants),
+        (0, 0),
+        "the token was renewed and the write sent again: {status:?}"
+    );
     a.shutdown().await;
 }

@@ -79,8 +79,8 @@
 //! from puts by their version (0 after a delete), because `Event::event_type` panics on an
 //! unknown type number. Keys outside the prefix are ignored. Listings are paged. An expired
 //! authentication token (etcd's simple tokens expire after `--auth-token-ttl` without use, and
-//! keep-alives on an open stream do not count) fails the next write; the session renews the
-//! token and re-publishes.
+//! keep-alives and watches on open streams do not count) is renewed when etcd rejects it; a
+//! write it failed is sent again once.
 //!
 //! ## Files
 //!
@@ -334,8 +334,9 @@ impl Shared {
                 client.set_client_auth(auth.user.clone(), auth.password.clone()),
             )
             .await;
-        if let Err(e) = renewed {
-            tracing::warn!(error = %e, "etcd: renewing the authentication token failed");
+        match renewed {
+            Ok(()) => tracing::debug!("etcd: authentication token renewed"),
+            Err(e) => tracing::warn!(error = %e, "etcd: renewing the authentication token failed"),
         }
     }
 }

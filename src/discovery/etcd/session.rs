@@ -13,7 +13,10 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout, Instant};
 
-use super::{full_key, revoke_quietly, Backoff, Failure, Shared, SHUTDOWN_REVOKE_TIMEOUT};
+use super::{
+    full_key, revoke_quietly, Backoff, Failure, Shared, GRPC_UNAUTHENTICATED,
+    SHUTDOWN_REVOKE_TIMEOUT,
+};
 use crate::discovery::registry::{Registration, RegistryOp};
 
 /// Leases remembered from re-publish attempts whose outcome is unknown.
@@ -150,10 +153,19 @@ impl Session {
                 }
             })
             .collect();
+        let txn = Txn::new().and_then(ops);
         let shared = self.shared.clone();
-        shared
-            .call("writing", self.client.txn(Txn::new().and_then(ops)))
-            .await?;
+        match shared.call("writing", self.client.txn(txn.clone())).await {
+            Err(e) if shared.auth.is_some() && e.grpc_code() == Some(GRPC_UNAUTHENTICATED) => {
+                // The token expired (etcd's simple tokens do after `--auth-token-ttl` without
+                // use): renew it and write again, rather than re-publish everything.
+                shared.renew_auth(&mut self.client, &e).await;
+                shared.call("writing", self.client.txn(txn)).await?;
+            }
+            written => {
+                written?;
+            }
+        }
         Ok(())
     }
 
