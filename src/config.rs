@@ -82,6 +82,9 @@ pub struct Config {
     /// Seconds consumers of a remote producer wait without media (pipe link down) before they
     /// are closed and their peers told `consumerClosed`.
     pub pipe_grace_secs: u64,
+    /// Seconds a pipe link no room needs any more stays open (rooms that empty and refill do
+    /// not redial). Links to static peers are always needed.
+    pub pipe_idle_linger_secs: u64,
     /// `HOST:PORT` other nodes dial to reach this node's pipe listener. Unset: the announced
     /// address with the pipe listener's port.
     pub pipe_announced_address: Option<String>,
@@ -173,6 +176,7 @@ impl Default for Config {
             node_key: None,
             insecure_pipes: false,
             pipe_grace_secs: 10,
+            pipe_idle_linger_secs: 30,
             pipe_announced_address: None,
             signaling_url: None,
             etcd_endpoints: Vec::new(),
@@ -255,6 +259,9 @@ pub struct ServeArgs {
     /// Seconds remote consumers wait for a broken pipe link before closing [default: 10]
     #[arg(long, env = "PIPEMESH_PIPE_GRACE_SECS")]
     pub pipe_grace_secs: Option<u64>,
+    /// Seconds an unneeded pipe link stays open [default: 30]
+    #[arg(long, env = "PIPEMESH_PIPE_IDLE_LINGER_SECS")]
+    pub pipe_idle_linger_secs: Option<u64>,
     /// HOST:PORT other nodes dial for this node's pipes [default: announced address + pipe port]
     #[arg(
         long,
@@ -385,6 +392,9 @@ impl Config {
         if let Some(v) = a.pipe_grace_secs {
             self.pipe_grace_secs = v;
         }
+        if let Some(v) = a.pipe_idle_linger_secs {
+            self.pipe_idle_linger_secs = v;
+        }
         if let Some(v) = &a.pipe_announced_address {
             self.pipe_announced_address = Some(v.clone());
         }
@@ -475,6 +485,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "pipes",
                 reason: "pipes need --cluster-ca, --node-cert and --node-key (or --insecure-pipes for local experiments)".into(),
+            });
+        }
+        if self.pipe_idle_linger_secs == 0 || self.pipe_idle_linger_secs > 3600 {
+            return Err(ConfigError::Invalid {
+                name: "pipe_idle_linger_secs",
+                reason: "must be between 1 and 3600".into(),
             });
         }
         self.validate_etcd(!peers.is_empty())?;

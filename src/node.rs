@@ -344,6 +344,7 @@ async fn start_pipes(
             tuning: TransportTuning::default(),
             link: LinkConfig {
                 rng_seed: rand::random(),
+                idle_linger: Duration::from_secs(cfg.pipe_idle_linger_secs),
                 ..LinkConfig::default()
             },
         },

@@ -560,3 +560,81 @@ async fn watchers_behind_a_compaction_relist_and_converge() {
     })
     .await;
 }
+
+/// `pipe_link_up{peer}` on `node` (0 when the node has no slot for `peer`).
+async fn link_up(node: &NodeProcess, peer: &str) -> u64 {
+    node.metrics()
+        .await
+        .get(&link_metric("pipe_link_up", peer))
+        .copied()
+        .unwrap_or(0)
+}
+
+async fn wait_link_up(node: &NodeProcess, peer: &str, want: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    while link_up(node, peer).await != want {
+        assert!(
+            Instant::now() < deadline,
+            "{}: pipe_link_up{{peer={peer}}} not {want} after {within:?}",
+            node.id
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn links_open_when_a_room_needs_them_and_close_when_none_does() {
+    long_test(Duration::from_secs(60), async {
+        let etcd = Etcd::start().await;
+        let ttl = format!("--etcd-lease-ttl-secs={LEASE_TTL_SECS}");
+        let mut nodes: Vec<NodeProcess> = ["n1", "n2"]
+            .iter()
+            .map(|id| {
+                NodeProcess::spawn(
+                    id,
+                    &etcd.endpoint(),
+                    "test",
+                    &[&ttl, "--pipe-idle-linger-secs=1"],
+                )
+            })
+            .collect();
+        for n in &mut nodes {
+            n.wait_ready(Duration::from_secs(20)).await;
+        }
+        // Different rooms: each node knows the other's room, and no link is opened.
+        let _a = publisher(&nodes[0], "x", "a").await;
+        let _b = consumer(&nodes[1], "y", "b").await;
+        for (n, room, peer) in [(&nodes[0], "y", "b"), (&nodes[1], "x", "a")] {
+            let deadline = Instant::now() + WAIT;
+            while !view_peers(&n.admin_json("/cluster").await, room).contains(peer) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: does not see room {room}",
+                    n.id
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        assert_eq!(link_up(&nodes[0], "n2").await, 0, "no shared room, no link");
+        assert_eq!(link_up(&nodes[1], "n1").await, 0, "no shared room, no link");
+
+        // A peer of room x on n2: the link comes up, media crosses it.
+        let mut b2 = consumer(&nodes[1], "x", "b2").await;
+        wait_media(&mut b2, 2, 20).await;
+        wait_link_up(&nodes[0], "n2", 1, WAIT).await;
+        wait_link_up(&nodes[1], "n1", 1, WAIT).await;
+
+        // It leaves: no room needs the link; it closes after the 1 s linger.
+        let t0 = Instant::now();
+        b2.close().await;
+        wait_link_up(&nodes[0], "n2", 0, Duration::from_secs(10)).await;
+        wait_link_up(&nodes[1], "n1", 0, Duration::from_secs(10)).await;
+        let closed = t0.elapsed();
+        eprintln!("unused link closed {closed:?} after the last shared peer left (linger 1 s)");
+        assert!(
+            closed >= Duration::from_secs(1),
+            "closed before the linger: {closed:?}"
+        );
+    })
+    .await;
+}
