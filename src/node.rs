@@ -222,6 +222,12 @@ pub async fn start(
         Some((kind, h)) => (kind, Some(h.status.clone()), Some((h.ops, h.updates))),
         None => ("static", None, None),
     };
+    if let Some(mut status) = registry_status.clone() {
+        // The node has stopped once the registry has: the etcd backend revokes the lease on
+        // the way out (so this node's keys vanish at once), and its status channel closes
+        // when it is done.
+        tasks.spawn(async move { while status.changed().await.is_ok() {} });
+    }
     let (pipe_handle, pipe_events) = match pipes {
         Some((h, rx)) => (Some(h), Some(rx)),
         None => (None, None),
@@ -357,12 +363,17 @@ async fn start_pipes(
     Ok(Some((handle, events)))
 }
 
-/// This node's record in the cluster registry.
-fn node_record(cfg: &Config, addrs: &NodeAddrs) -> NodeRecord {
-    let started_at_ms = std::time::SystemTime::now()
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// This node's record in the cluster registry.
+fn node_record(cfg: &Config, addrs: &NodeAddrs) -> NodeRecord {
+    let started_at_ms = unix_ms();
     NodeRecord {
         node_id: NodeId::from(cfg.node_id.as_str()),
         region: cfg.region.clone(),
@@ -559,7 +570,7 @@ async fn worker_task(
                     let _ = reply.send(worker.cluster_view_json());
                 }
             },
-            _ = load_tick.tick() => worker.publish_load(Instant::now()),
+            _ = load_tick.tick() => worker.publish_load(Instant::now(), unix_ms()),
             _ = sleep => worker.handle_timeout(Instant::now()),
         }
         let mut stuck: Vec<SessionId> = Vec::new();

@@ -374,7 +374,20 @@ async fn duplicate_node_id_is_refused() {
             "clear error expected, got:\n{log}"
         );
         // The first node is unaffected.
-        assert_eq!(_first[0].readyz().await, 200);
+        let mut first = _first;
+        assert_eq!(first[0].readyz().await, 200);
+        // Stopped cleanly, it revokes its lease: its id is free at once, no TTL to wait out.
+        let status = first[0].terminate().await.expect("was running");
+        assert!(status.success(), "clean exit on SIGTERM: {status}");
+        let t1 = Instant::now();
+        let mut again = NodeProcess::spawn("dup", &etcd.endpoint(), "test", &[&ttl]);
+        again.wait_ready(Duration::from_secs(20)).await;
+        let took = t1.elapsed();
+        eprintln!("dup restarted after a clean stop: ready in {took:?}");
+        assert!(
+            took < Duration::from_secs(LEASE_TTL_SECS),
+            "the restart waited for a lease that should have been revoked: {took:?}"
+        );
     })
     .await;
 }

@@ -203,8 +203,10 @@ impl Worker {
             .unwrap_or(Value::Null)
     }
 
-    /// Refreshes this node's load figures in its registry record (written only when changed).
-    pub fn publish_load(&mut self, now: Instant) {
+    /// Refreshes this node's load figures in its registry record (written only when changed)
+    /// and the wall clock (`unix_ms`) the directory stamps on new entries.
+    pub fn publish_load(&mut self, now: Instant, unix_ms: u64) {
+        self.directory.set_wall_clock(unix_ms);
         let mut load = crate::discovery::keys::NodeLoad {
             rooms: self.rooms.len() as u64,
             pipe_links: self.pipes.up.len() as u64,
