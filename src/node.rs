@@ -23,11 +23,12 @@ use crate::admin::{AdminState, Inspect};
 use crate::config::Config;
 use crate::discovery::cluster::ClusterDirectory;
 use crate::discovery::directory::{DirectoryConfig, GossipDirectory, RoomDirectory};
+use crate::discovery::etcd;
+use crate::discovery::in_process::InProcessRegistry;
 use crate::discovery::keys::{node_key, NodeLoad, NodeRecord, NodeState};
 use crate::discovery::registry::{
-    Registration, RegistryError, RegistryHandle, RegistryOp, RegistryUpdate,
+    Registration, Registry, RegistryError, RegistryHandle, RegistryOp, RegistryUpdate,
 };
-use crate::discovery::{etcd, in_process};
 use crate::edge::demux::{encode_frame_header, FrameDecoder};
 use crate::edge::dtls::{DtlsEvent, DtlsIdentity, DtlsSession};
 use crate::edge::ice::{Protocol, Tuple};
@@ -402,7 +403,7 @@ async fn start_registry(
             .map_err(|e| NodeError::Pipe(format!("node record: {e}")))?,
     };
     if cfg.etcd_endpoints.is_empty() {
-        return Ok(("in-process", in_process::start(registration)));
+        return run_registry(InProcessRegistry, registration, stop).await;
     }
     let tls = if cfg.etcd_ca.is_some() || cfg.etcd_cert.is_some() {
         Some(etcd::EtcdTls {
@@ -421,23 +422,32 @@ async fn start_registry(
         }),
         None => None,
     };
-    let mut s = stop.subscribe();
-    let handle = etcd::start(
-        etcd::EtcdConfig {
-            lease_ttl: Duration::from_secs(cfg.etcd_lease_ttl_secs),
-            connect_timeout: Duration::from_secs(cfg.etcd_connect_timeout_secs),
-            tls,
-            auth,
-            ..etcd::EtcdConfig::new(cfg.etcd_endpoints.clone(), cfg.cluster.clone())
-        },
-        registration,
-        async move {
-            let _ = s.recv().await;
-        },
-    )
-    .await?;
+    let backend = etcd::EtcdConfig {
+        lease_ttl: Duration::from_secs(cfg.etcd_lease_ttl_secs),
+        connect_timeout: Duration::from_secs(cfg.etcd_connect_timeout_secs),
+        tls,
+        auth,
+        ..etcd::EtcdConfig::new(cfg.etcd_endpoints.clone(), cfg.cluster.clone())
+    };
+    let started = run_registry(backend, registration, stop).await?;
     tracing::info!(endpoints = %cfg.etcd_endpoints.join(","), cluster = %cfg.cluster, "joined the cluster through etcd");
-    Ok(("etcd", handle))
+    Ok(started)
+}
+
+/// Starts any [`Registry`] backend until the node stops.
+async fn run_registry(
+    backend: impl Registry,
+    registration: Registration,
+    stop: &broadcast::Sender<()>,
+) -> Result<(&'static str, RegistryHandle), NodeError> {
+    let kind = backend.kind();
+    let mut s = stop.subscribe();
+    let handle = backend
+        .start(registration, async move {
+            let _ = s.recv().await;
+        })
+        .await?;
+    Ok((kind, handle))
 }
 
 /// Waits for the next registry update, or forever when the node has no registry.

@@ -104,7 +104,7 @@ use tokio::sync::{mpsc, watch as channel};
 use tokio::time::{timeout, Instant};
 
 use super::registry::{
-    Registration, RegistryError, RegistryHandle, RegistryStatus, RegistryUpdate,
+    Registration, Registry, RegistryError, RegistryHandle, RegistryStatus, RegistryUpdate,
 };
 use connect::{connect, connect_options, register};
 use session::Session;
@@ -208,6 +208,20 @@ impl fmt::Debug for EtcdAuth {
             .field("user", &self.user)
             .field("password", &"<hidden>")
             .finish()
+    }
+}
+
+impl Registry for EtcdConfig {
+    fn kind(&self) -> &'static str {
+        "etcd"
+    }
+
+    async fn start(
+        self,
+        registration: Registration,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<RegistryHandle, RegistryError> {
+        start(self, registration, shutdown).await
     }
 }
 

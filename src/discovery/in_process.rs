@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 use tokio::sync::{mpsc, watch};
 
 use super::registry::{
-    KvChange, Registration, RegistryHandle, RegistryOp, RegistryStatus, RegistryUpdate,
+    KvChange, Registration, Registry, RegistryError, RegistryHandle, RegistryOp, RegistryStatus,
+    RegistryUpdate,
 };
 
 /// Updates buffered for a slow receiver before the task waits for it (the ops channel stays
@@ -84,6 +85,25 @@ impl Store {
                 mod_revision: self.revision,
             }],
         })
+    }
+}
+
+/// The in-process backend as a [`Registry`]: one node, no other process involved. Its
+/// session never fails, so it ignores `shutdown` (dropping the handle's `ops` stops it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InProcessRegistry;
+
+impl Registry for InProcessRegistry {
+    fn kind(&self) -> &'static str {
+        "in-process"
+    }
+
+    async fn start(
+        self,
+        registration: Registration,
+        _shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<RegistryHandle, RegistryError> {
+        Ok(start(registration))
     }
 }
 

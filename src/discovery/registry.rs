@@ -13,6 +13,7 @@
 //! Every key a node writes is bound to that node's lease: when the node dies, the lease
 //! expires and the store deletes all its keys in one revision.
 
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -130,6 +131,25 @@ pub enum RegistryError {
     /// TLS or authentication settings could not be used.
     #[error("registry configuration: {0}")]
     Config(String),
+}
+
+/// A registry backend: started once per node, it registers the node and then runs behind the
+/// returned [`RegistryHandle`] until `shutdown` completes or the handle's `ops` sender is
+/// dropped. The node only ever sees the handle, so backends are interchangeable:
+/// [`crate::discovery::in_process::InProcessRegistry`] on a single node (the default) and
+/// [`crate::discovery::etcd::EtcdConfig`] in a cluster.
+pub trait Registry {
+    /// A short name for logs and the admin endpoint (`"etcd"`, `"in-process"`).
+    fn kind(&self) -> &'static str;
+
+    /// Registers the node (its record under `registration.node_key`) and starts the session.
+    /// Returns once the first [`RegistryUpdate::Snapshot`] is queued; fails when the node must
+    /// not start (registry unreachable, node id taken, unusable settings).
+    fn start(
+        self,
+        registration: Registration,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = Result<RegistryHandle, RegistryError>> + Send;
 }
 
 /// What a backend needs to register this node: its record's key and first value.
