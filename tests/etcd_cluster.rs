@@ -93,6 +93,49 @@ fn view_peers(view: &Value, room: &str) -> HashSet<String> {
         .collect()
 }
 
+/// Waits until `node`'s `/cluster` view of `room` satisfies `pred` (its peer ids, on every
+/// node); panics with the last view past [`WAIT`].
+async fn wait_view(node: &NodeProcess, room: &str, pred: impl Fn(&HashSet<String>) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = view_peers(&node.admin_json("/cluster").await, room);
+        if pred(&got) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: /cluster peers of {room}: {got:?}",
+            node.id
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `node`'s `/readyz` answers `status` (panics past `within`).
+async fn wait_readyz(node: &NodeProcess, status: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = node.readyz().await;
+        if now == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: /readyz {now}, not {status}, after {within:?}",
+            node.id
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A longest gap as printed: gaps under the bot's tracking threshold are not known exactly.
+fn gap_text(longest: Option<Duration>) -> String {
+    longest.map_or_else(
+        || format!("under {:?}", pipemesh::bot::stats::LONG_GAP),
+        |g| format!("{g:?}"),
+    )
+}
+
 async fn long_test<F: std::future::Future<Output = ()>>(limit: Duration, f: F) {
     tokio::time::timeout(limit, f)
         .await
@@ -121,19 +164,7 @@ async fn three_nodes_one_etcd_bots_consume_across_nodes() {
         // Every node's view has the room's four peers.
         for n in &nodes {
             let want: HashSet<String> = ["pub", "c2", "c3", "late"].map(String::from).into();
-            let deadline = Instant::now() + WAIT;
-            loop {
-                let got = view_peers(&n.admin_json("/cluster").await, "r");
-                if got == want {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{}: /cluster peers {got:?}",
-                    n.id
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            wait_view(n, "r", |got| *got == want).await;
         }
         // Links exist only where a room needs them: n1-n2, n1-n3 and n2-n3 all share room r.
         let m1 = nodes[0].metrics().await;
@@ -266,15 +297,7 @@ async fn etcd_outage_keeps_media_and_readiness_recovers() {
         let t_stop = Instant::now();
         etcd.stop();
         for n in &nodes {
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while n.readyz().await != 503 {
-                assert!(
-                    Instant::now() < deadline,
-                    "{}: still ready without etcd",
-                    n.id
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            wait_readyz(n, 503, Duration::from_secs(15)).await;
             assert_eq!(
                 n.healthz().await,
                 200,
@@ -291,15 +314,7 @@ async fn etcd_outage_keeps_media_and_readiness_recovers() {
         etcd.start_again().await;
         let t_back = Instant::now();
         for n in &nodes {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while n.readyz().await != 200 {
-                assert!(
-                    Instant::now() < deadline,
-                    "{}: not ready after etcd returned",
-                    n.id
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            wait_readyz(n, 200, Duration::from_secs(20)).await;
             eprintln!(
                 "{} ready again {:?} after etcd returned",
                 n.id,
@@ -310,24 +325,15 @@ async fn etcd_outage_keeps_media_and_readiness_recovers() {
         let stats = c.stats().await.expect("stats");
         assert_eq!(stats.len(), 2, "both consumers survived");
         for s in &stats {
-            let worst = s
-                .stats
-                .long_gaps()
-                .iter()
-                .filter(|(end, _)| *end >= t_stop)
-                .map(|(_, gap)| *gap)
-                .max()
-                .unwrap_or_default();
+            let longest = s.stats.longest_gap_since(t_stop);
+            let worst = longest.unwrap_or_default();
             let snap = s.stats.snapshot(Instant::now());
             eprintln!(
-                "{} consumer during the {outage:?} etcd outage: longest gap {worst:?} \
-                 (gaps >= 100 ms: {}), {} packets in all",
+                "{} consumer during the {outage:?} etcd outage: longest gap {} \
+                 (gaps >= 40 ms: {}), {} packets in all",
                 s.consumer.kind,
-                s.stats
-                    .long_gaps()
-                    .iter()
-                    .filter(|(e, _)| *e >= t_stop)
-                    .count(),
+                gap_text(longest),
+                s.stats.long_gaps().filter(|(e, _)| *e >= t_stop).count(),
                 snap.received
             );
             assert!(
@@ -455,15 +461,7 @@ async fn watchers_behind_a_compaction_relist_and_converge() {
         // n1's peer entry is deleted behind its back, and history is compacted away.
         etcd.stop();
         for n in &nodes {
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while n.readyz().await != 503 {
-                assert!(
-                    Instant::now() < deadline,
-                    "{}: still ready without etcd",
-                    n.id
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            wait_readyz(n, 503, Duration::from_secs(15)).await;
         }
         etcd.start_again_on(common::etcd::free_addr()).await;
         let mut other = etcd.client().await;
@@ -507,15 +505,7 @@ async fn watchers_behind_a_compaction_relist_and_converge() {
         // Both nodes come back, hit the compaction, re-list, and converge: the ghost peer
         // appears (c hears newPeer), n1 restores the entry it owns, the publisher stays.
         for n in &nodes {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while n.readyz().await != 200 {
-                assert!(
-                    Instant::now() < deadline,
-                    "{}: not ready after etcd returned",
-                    n.id
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            wait_readyz(n, 200, Duration::from_secs(20)).await;
         }
         c.wait_notification("newPeer", WAIT, |d| d["id"] == "gp")
             .await
@@ -533,19 +523,7 @@ async fn watchers_behind_a_compaction_relist_and_converge() {
                 "{}: no re-list ({relists})",
                 n.id
             );
-            let deadline = Instant::now() + WAIT;
-            loop {
-                let got = view_peers(&n.admin_json("/cluster").await, "r");
-                if got == want {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{}: /cluster peers {got:?}",
-                    n.id
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            wait_view(n, "r", |got| *got == want).await;
         }
         // n1's entry is back in etcd itself (it never trusts the registry over its own state).
         let mut check = etcd.client().await;
@@ -618,15 +596,7 @@ async fn links_open_when_a_room_needs_them_and_close_when_none_does() {
         let _a = publisher(&nodes[0], "x", "a").await;
         let _b = consumer(&nodes[1], "y", "b").await;
         for (n, room, peer) in [(&nodes[0], "y", "b"), (&nodes[1], "x", "a")] {
-            let deadline = Instant::now() + WAIT;
-            while !view_peers(&n.admin_json("/cluster").await, room).contains(peer) {
-                assert!(
-                    Instant::now() < deadline,
-                    "{}: does not see room {room}",
-                    n.id
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            wait_view(n, room, |got| got.contains(peer)).await;
         }
         assert_eq!(link_up(&nodes[0], "n2").await, 0, "no shared room, no link");
         assert_eq!(link_up(&nodes[1], "n1").await, 0, "no shared room, no link");
@@ -648,6 +618,111 @@ async fn links_open_when_a_room_needs_them_and_close_when_none_does() {
             closed >= Duration::from_secs(1),
             "closed before the linger: {closed:?}"
         );
+    })
+    .await;
+}
+
+/// `node`'s `/cluster` entry for node `id`, if listed or frozen.
+async fn node_view(node: &NodeProcess, id: &str) -> Option<Value> {
+    let view = node.admin_json("/cluster").await;
+    view["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["record"]["nodeId"] == id)
+        .cloned()
+}
+
+#[tokio::test]
+async fn a_node_cut_off_from_etcd_keeps_its_peers_and_media_on_the_others() {
+    long_test(Duration::from_secs(90), async {
+        let etcd = Etcd::start().await;
+        let relay = common::tcp_relay::TcpRelay::start(etcd.client).await;
+        let ttl = format!("--etcd-lease-ttl-secs={LEASE_TTL_SECS}");
+        let via_relay = format!("http://{}", relay.addr());
+        let mut n1 = NodeProcess::spawn("n1", &via_relay, "test", &[&ttl]);
+        let mut n2 = NodeProcess::spawn("n2", &etcd.endpoint(), "test", &[&ttl]);
+        n1.wait_ready(Duration::from_secs(20)).await;
+        n2.wait_ready(Duration::from_secs(20)).await;
+        let _p = publisher(&n1, "r", "pub").await;
+        let mut c = consumer(&n2, "r", "c").await;
+        wait_media(&mut c, 2, 50).await;
+        // Everything c heard so far (newConsumer answers, scores) is history.
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(5), c.next_event()).await
+        {
+        }
+
+        // n1 loses etcd; etcd stays up for n2, so n1's lease expires there and its keys go.
+        let t_cut = Instant::now();
+        relay.cut();
+        wait_readyz(&n1, 503, Duration::from_secs(10)).await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let v = node_view(&n2, "n1").await;
+            if v.as_ref()
+                .is_some_and(|v| v["frozen"] == true && v["listed"] == false)
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "n2 never saw n1 unlisted: {v:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let unlisted = t_cut.elapsed();
+        assert_eq!(n2.readyz().await, 200, "n2 still has etcd");
+        // n1's lease is gone, but its link to n2 is up: n2 keeps its peers (frozen view).
+        wait_view(&n2, "r", |got| got.contains("c")).await;
+        tokio::time::sleep(Duration::from_secs(8).saturating_sub(t_cut.elapsed())).await;
+
+        relay.heal();
+        let t_heal = Instant::now();
+        wait_readyz(&n1, 200, Duration::from_secs(20)).await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = node_view(&n2, "n1").await;
+            if v.as_ref()
+                .is_some_and(|v| v["listed"] == true && v["frozen"] == false)
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "n2 never saw n1 listed again: {v:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!(
+            "n1 cut off from etcd: unlisted on n2 after {unlisted:?} (frozen there), \
+             re-listed {:?} after the heal",
+            t_heal.elapsed()
+        );
+        let want: HashSet<String> = ["pub", "c"].map(String::from).into();
+        wait_view(&n2, "r", |got| *got == want).await;
+
+        // c noticed nothing: no closure, no pause, and no media gap.
+        let mut heard = Vec::new();
+        while let Ok(Some(ev)) =
+            tokio::time::timeout(Duration::from_millis(5), c.next_event()).await
+        {
+            if let BotEvent::Notification { method, data } = ev {
+                if !method.ends_with("Score") {
+                    heard.push((method, data));
+                }
+            }
+        }
+        assert!(heard.is_empty(), "c heard {heard:?}");
+        for s in &c.stats().await.expect("stats") {
+            let longest = s.stats.longest_gap_since(t_cut);
+            let worst = longest.unwrap_or_default();
+            eprintln!(
+                "{} on n2 while n1 was cut off from etcd: longest gap {}",
+                s.consumer.kind,
+                gap_text(longest)
+            );
+            assert!(
+                worst <= Duration::from_millis(200),
+                "{}: gap {worst:?}",
+                s.consumer.kind
+            );
+        }
     })
     .await;
 }

@@ -22,10 +22,12 @@ use crate::timing::BOT_RATE_BUCKET;
 
 /// Number of most recent one-way latency samples kept per stream.
 pub const OWD_WINDOW: usize = 1024;
-/// Interarrival gaps at least this long are remembered (see [`RecvStats::long_gaps`]).
-pub const LONG_GAP: Duration = Duration::from_millis(100);
-/// How many long gaps are remembered per stream (the first ones are kept).
-pub const MAX_LONG_GAPS: usize = 256;
+/// Interarrival gaps at least this long are remembered (see [`RecvStats::long_gaps`]): twice
+/// the packet interval of 20 ms audio.
+pub const LONG_GAP: Duration = Duration::from_millis(40);
+/// How many long gaps are remembered per stream (the latest ones are kept; the list grows
+/// only when gaps happen).
+pub const MAX_LONG_GAPS: usize = 4096;
 /// Number of bitrate buckets: the "recent" bitrate covers `BOT_RATE_BUCKET * RATE_BUCKETS` (2 s).
 pub const RATE_BUCKETS: usize = 20;
 
@@ -91,7 +93,7 @@ pub struct RecvStats {
     keyframes: u64,
     frames: u64,
     /// (arrival that ended the gap, gap length) of gaps of at least [`LONG_GAP`].
-    long_gaps: Vec<(Instant, Duration)>,
+    long_gaps: std::collections::VecDeque<(Instant, Duration)>,
 }
 
 impl RecvStats {
@@ -118,7 +120,7 @@ impl RecvStats {
             rate: [(0, 0); RATE_BUCKETS],
             keyframes: 0,
             frames: 0,
-            long_gaps: Vec::new(),
+            long_gaps: std::collections::VecDeque::new(),
         }
     }
 
@@ -132,10 +134,20 @@ impl RecvStats {
         self.last_arrival
     }
 
-    /// Interarrival gaps of at least [`LONG_GAP`]: when each ended and how long it was (the
-    /// first [`MAX_LONG_GAPS`]). A media outage shows up here with its exact length.
-    pub fn long_gaps(&self) -> &[(Instant, Duration)] {
-        &self.long_gaps
+    /// Interarrival gaps of at least [`LONG_GAP`], oldest first: when each ended and how long
+    /// it was (the latest [`MAX_LONG_GAPS`]). A media outage shows up here with its length.
+    pub fn long_gaps(&self) -> impl Iterator<Item = (Instant, Duration)> + '_ {
+        self.long_gaps.iter().copied()
+    }
+
+    /// The longest interarrival gap that ended at or after `since`, if one of at least
+    /// [`LONG_GAP`] did (shorter gaps are not tracked).
+    pub fn longest_gap_since(&self, since: Instant) -> Option<Duration> {
+        self.long_gaps
+            .iter()
+            .filter(|(end, _)| *end >= since)
+            .map(|(_, gap)| *gap)
+            .max()
     }
 
     /// Accounts one received packet. `now` is its arrival time, `wall_us` the receiver's wall
@@ -144,8 +156,11 @@ impl RecvStats {
         let first = *self.first_arrival.get_or_insert(now);
         if let Some(last) = self.last_arrival {
             let gap = now.saturating_duration_since(last);
-            if gap >= LONG_GAP && self.long_gaps.len() < MAX_LONG_GAPS {
-                self.long_gaps.push((now, gap));
+            if gap >= LONG_GAP {
+                if self.long_gaps.len() == MAX_LONG_GAPS {
+                    self.long_gaps.pop_front();
+                }
+                self.long_gaps.push_back((now, gap));
             }
         }
         self.last_arrival = Some(now);
@@ -539,8 +554,8 @@ mod tests {
     fn long_interarrival_gaps_are_recorded() {
         let t0 = Instant::now();
         let mut s = RecvStats::new(7, Codec::Opus, 48_000);
-        // 20 ms apart, then a 99 ms gap (not long), then a 350 ms gap.
-        let times = [0u64, 20, 40, 139, 159, 509, 529];
+        // 20 ms apart, then a 39 ms gap (not long), then 60 ms and 350 ms gaps.
+        let times = [0u64, 20, 40, 79, 99, 159, 509, 529];
         for (i, ms) in times.iter().enumerate() {
             let b = rtp(i as u16, 0, false);
             s.on_packet(
@@ -549,10 +564,14 @@ mod tests {
                 &RtpView::parse(&b).unwrap(),
             );
         }
+        let ms = Duration::from_millis;
         assert_eq!(
-            s.long_gaps(),
-            &[(t0 + Duration::from_millis(509), Duration::from_millis(350))]
+            s.long_gaps().collect::<Vec<_>>(),
+            [(t0 + ms(159), ms(60)), (t0 + ms(509), ms(350))]
         );
+        assert_eq!(s.longest_gap_since(t0), Some(ms(350)));
+        assert_eq!(s.longest_gap_since(t0 + ms(160)), Some(ms(350)));
+        assert_eq!(s.longest_gap_since(t0 + ms(510)), None);
     }
 
     #[test]

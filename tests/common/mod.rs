@@ -6,6 +6,7 @@
 pub mod etcd;
 pub mod process;
 pub mod relay;
+pub mod tcp_relay;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -79,15 +80,7 @@ impl TestNode {
             .expect("request sent");
         let mut body = String::new();
         s.read_to_string(&mut body).await.expect("response read");
-        body.lines()
-            .filter_map(|l| {
-                let (k, v) = l.split_once(' ')?;
-                Some((
-                    k.strip_prefix("pipemesh_")?.to_owned(),
-                    v.trim().parse().ok()?,
-                ))
-            })
-            .collect()
+        parse_metrics(&body)
     }
 
     /// Waits until the counter `name` satisfies `pred` (re-reading `/metrics` until [`WAIT`]).
@@ -111,6 +104,19 @@ impl TestNode {
         let _ = self.stop.send(());
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// The `pipemesh_*` counters of a `/metrics` text (or HTTP response), without the prefix.
+pub fn parse_metrics(text: &str) -> std::collections::HashMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((
+                k.strip_prefix("pipemesh_")?.to_owned(),
+                v.trim().parse().ok()?,
+            ))
+        })
+        .collect()
 }
 
 /// Installs the test log subscriber once (`RUST_LOG`, default `warn`).

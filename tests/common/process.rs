@@ -180,15 +180,7 @@ impl NodeProcess {
     /// The node's `/metrics` counters.
     pub async fn metrics(&self) -> std::collections::HashMap<String, u64> {
         let (_, body) = http_get(self.admin, "/metrics").await.unwrap_or_default();
-        body.lines()
-            .filter_map(|l| {
-                let (k, v) = l.split_once(' ')?;
-                Some((
-                    k.strip_prefix("pipemesh_")?.to_owned(),
-                    v.trim().parse().ok()?,
-                ))
-            })
-            .collect()
+        super::parse_metrics(&body)
     }
 
     /// SIGKILL: no goodbye, no lease revoke.
