@@ -129,84 +129,143 @@ export async function startPipemesh({
 		'--web-root', resolve(webRoot),
 		...extraArgs,
 	];
+	const tag = label ? `pipemesh ${label}` : 'pipemesh';
+	const proc = spawnKept(bin, args, {
+		stdoutPrefix: `[${tag} stdout] `,
+		stderrPrefix: `[${tag}] `,
+		keepLines: 4000,
+		spawnOptions: { cwd: REPO_ROOT, env: { ...process.env, PIPEMESH_LOG: process.env.PIPEMESH_LOG || 'info', ...env } },
+	});
+	const { output, cmdline } = proc;
+	const stop = async () => {
+		proc.release();
+		if (proc.exited()) return proc.exited();
+		proc.child.kill('SIGTERM');
+		const r = await Promise.race([proc.exitPromise, delay(5000).then(() => null)]);
+		if (r) return r;
+		proc.child.kill('SIGKILL');
+		return proc.exitPromise;
+	};
+	const healthUrl = `http://127.0.0.1:${adminPort}/healthz`;
+
+	const probe = await probeHttp(healthUrl, { timeoutMs: readyTimeoutMs, exited: proc.exited });
+	if (probe.ok) {
+		return {
+			signalingPort, rtcPort, adminPort, child: proc.child, cmdline, label,
+			baseUrl: `http://127.0.0.1:${signalingPort}`,
+			wsUrl: `ws://127.0.0.1:${signalingPort}`,
+			healthUrl,
+			metricsUrl: `http://127.0.0.1:${adminPort}/metrics`,
+			exited: proc.exited,
+			output,
+			stop,
+		};
+	}
+	await stop();
+	throw notReadyError('pipemesh', proc, probe, {
+		becoming: 'ready', answer: `answer 200 on ${healthUrl}`, timeoutMs: readyTimeoutMs,
+	});
+}
+
+// ------------------------------------------------------------------ child processes and polling
+
+/**
+ * Spawns `bin` with stdout and stderr kept as prefixed lines (the last `keepLines`). A backstop
+ * SIGKILLs it, then runs `onBackstop`, if the test process exits or is interrupted first:
+ * nothing a test starts may outlive it. Returns { child, cmdline, exitPromise, exited(),
+ * spawnError(), output(), release() }; exited() is null while it runs, then { code, signal };
+ * release() removes the backstop (call it from stop()).
+ */
+function spawnKept(bin, args, { stdoutPrefix, stderrPrefix, keepLines, spawnOptions = {}, onBackstop = () => {} }) {
 	const lines = [];
 	const keep = (prefix) => (chunk) => {
 		for (const l of String(chunk).split('\n')) if (l) lines.push(`${prefix}${l}`);
-		if (lines.length > 4000) lines.splice(0, lines.length - 4000);
+		if (lines.length > keepLines) lines.splice(0, lines.length - keepLines);
 	};
-	const child = spawn(bin, args, {
-		cwd: REPO_ROOT,
-		stdio: ['ignore', 'pipe', 'pipe'],
-		env: { ...process.env, PIPEMESH_LOG: process.env.PIPEMESH_LOG || 'info', ...env },
-	});
-	const tag = label ? `pipemesh ${label}` : 'pipemesh';
-	child.stdout.on('data', keep(`[${tag} stdout] `));
-	child.stderr.on('data', keep(`[${tag}] `));
+	const child = spawn(bin, args, { ...spawnOptions, stdio: ['ignore', 'pipe', 'pipe'] });
+	child.stdout.on('data', keep(stdoutPrefix));
+	child.stderr.on('data', keep(stderrPrefix));
 	let exited = null;
 	let spawnError = null;
 	const exitPromise = new Promise((res) => {
 		child.once('exit', (code, signal) => { exited = { code, signal }; res(exited); });
 		child.once('error', (e) => { spawnError = e; exited = exited || { code: null, signal: null }; res(exited); });
 	});
-	// Backstop: never leave the server behind if the test process dies.
-	const onExit = () => { if (!exited) try { child.kill('SIGKILL'); } catch { /* gone */ } };
+	const onExit = () => {
+		if (!exited) try { child.kill('SIGKILL'); } catch { /* gone */ }
+		onBackstop();
+	};
 	const onSignal = (sig) => { onExit(); process.exit(sig === 'SIGINT' ? 130 : 143); };
 	process.once('exit', onExit);
 	process.once('SIGINT', onSignal);
 	process.once('SIGTERM', onSignal);
-
-	const output = () => lines.join('\n');
-	const stop = async () => {
-		process.removeListener('exit', onExit);
-		process.removeListener('SIGINT', onSignal);
-		process.removeListener('SIGTERM', onSignal);
-		if (exited) return exited;
-		child.kill('SIGTERM');
-		const r = await Promise.race([exitPromise, delay(5000).then(() => null)]);
-		if (r) return r;
-		child.kill('SIGKILL');
-		return exitPromise;
+	return {
+		child,
+		cmdline: `${bin} ${args.join(' ')}`,
+		exitPromise,
+		exited: () => exited,
+		spawnError: () => spawnError,
+		output: () => lines.join('\n'),
+		release: () => {
+			process.removeListener('exit', onExit);
+			process.removeListener('SIGINT', onSignal);
+			process.removeListener('SIGTERM', onSignal);
+		},
 	};
-	const cmdline = `${bin} ${args.join(' ')}`;
-	const healthUrl = `http://127.0.0.1:${adminPort}/healthz`;
+}
 
-	// Wait for readiness: a bounded number of /healthz probes (about 20 s in all).
-	const pollMs = 200;
-	const attempts = Math.ceil(readyTimeoutMs / pollMs);
-	let lastProblem = 'no answer yet';
-	for (let i = 0; i < attempts; i++) {
-		if (exited) {
-			throw new Error(
-				`pipemesh exited before becoming ready (code ${exited.code}, signal ${exited.signal}` +
-				`${spawnError ? `, spawn error: ${spawnError.message}` : ''}).\n` +
-				`command: ${cmdline}\n--- server output ---\n${output() || '(none)'}`,
-			);
-		}
-		try {
-			const r = await fetch(healthUrl, { signal: AbortSignal.timeout(1000) });
-			if (r.status === 200) {
-				return {
-					signalingPort, rtcPort, adminPort, child, cmdline, label,
-					baseUrl: `http://127.0.0.1:${signalingPort}`,
-					wsUrl: `ws://127.0.0.1:${signalingPort}`,
-					healthUrl,
-					metricsUrl: `http://127.0.0.1:${adminPort}/metrics`,
-					exited: () => exited,
-					output,
-					stop,
-				};
-			}
-			lastProblem = `HTTP ${r.status}`;
-		} catch (e) {
-			lastProblem = e.cause ? `${e.cause.code || e.cause.message}` : e.message;
-		}
-		await delay(pollMs);
+/**
+ * The error for a spawnKept() process whose readiness probe failed: it exited first
+ * (probe.gone; hint(spawnError) may add advice) or never gave the answer it waits for.
+ */
+function notReadyError(name, proc, probe, { becoming, answer, timeoutMs, hint = () => '' }) {
+	const context = `command: ${proc.cmdline}\n--- ${name} output ---\n${proc.output() || '(none)'}`;
+	if (probe.gone) {
+		const e = proc.spawnError();
+		return new Error(`${name} exited before becoming ${becoming} (code ${probe.gone.code}, signal ${probe.gone.signal}` +
+			`${e ? `, spawn error: ${e.message}${hint(e)}` : ''}).\n${context}`);
 	}
-	await stop();
-	throw new Error(
-		`pipemesh did not answer 200 on ${healthUrl} within ${readyTimeoutMs} ms (last: ${lastProblem}).\n` +
-		`command: ${cmdline}\n--- server output ---\n${output() || '(none)'}`,
-	);
+	return new Error(`${name} did not ${answer} within ${timeoutMs} ms (last: ${probe.last}).\n${context}`);
+}
+
+/** A failed fetch() in a few words: the socket error code when there is one. */
+function fetchProblem(e) {
+	return e.cause ? `${e.cause.code || e.cause.message}` : e.message;
+}
+
+/**
+ * Runs attempt() every `intervalMs` for at most `timeoutMs` until it returns { ok: true, value }.
+ * Any other answer is a miss: { miss } says what was seen instead, and a throw is described by
+ * describeError(e). Stops early once exited() (checked before each attempt) reports the process
+ * gone. Returns { ok: true, value }, { gone, last } or, on timeout, { last }: last is the last miss.
+ */
+async function pollUntil(attempt, {
+	timeoutMs, intervalMs = 200, exited = null, describeError = fetchProblem, first = 'no answer yet',
+}) {
+	const deadline = Date.now() + timeoutMs;
+	let last = first;
+	while (Date.now() < deadline) {
+		const gone = exited && exited();
+		if (gone) return { gone, last };
+		try {
+			const r = await attempt();
+			if (r.ok) return r;
+			last = r.miss;
+		} catch (e) {
+			last = describeError(e);
+		}
+		await delay(intervalMs);
+	}
+	return { last };
+}
+
+/** pollUntil() for a GET of `url` that answers `accept(status, body)` (by default: HTTP 200). */
+function probeHttp(url, { accept = (status) => status === 200, ...options }) {
+	return pollUntil(async () => {
+		const r = await fetch(url, { signal: AbortSignal.timeout(1000) });
+		const body = await r.text();
+		return accept(r.status, body) ? { ok: true } : { miss: `HTTP ${r.status} ${body.trim().slice(0, 200)}` };
+	}, options);
 }
 
 // ------------------------------------------------------------------ metrics
@@ -243,29 +302,37 @@ export function metricValue(text, name, labels = {}) {
 
 /**
  * Polls a server's /metrics every 250 ms until predicate(value of `name`{labels}) holds
- * (value is null while the series is absent). Fails fast when the server exits.
+ * (value is null while the series is absent) and returns that value. Fails fast when the
+ * server exits.
  */
 export async function waitForMetric(server, name, labels, predicate, { timeoutMs = 20000, what } = {}) {
-	const deadline = Date.now() + timeoutMs;
-	const desc = what || `${name}${JSON.stringify(labels)}`;
-	let last = null;
-	let lastText = '';
-	while (Date.now() < deadline) {
-		const gone = server.exited && server.exited();
-		if (gone) {
-			throw new Error(`${server.label || 'pipemesh'} exited (code ${gone.code}, signal ${gone.signal}) while waiting for ${desc}`);
-		}
-		try {
-			lastText = await fetchMetrics(server);
-			last = metricValue(lastText, name, labels);
-			if (predicate(last)) return last;
-		} catch (e) {
-			lastText = `(fetch failed: ${e.message})`;
-		}
-		await delay(250);
-	}
-	throw new Error(`${server.label || 'pipemesh'}: timed out after ${timeoutMs} ms waiting for ${desc}; last value ${last}; ` +
-		`last /metrics:\n${lastText}`);
+	const value = (text) => metricValue(text, name, labels);
+	const text = await waitOnServer(server, () => fetchMetrics(server), (t) => predicate(value(t)), {
+		timeoutMs,
+		intervalMs: 250,
+		what: what || `${name}${JSON.stringify(labels)}`,
+		show: (t) => `value ${value(t)}; /metrics:\n${t}`,
+	});
+	return value(text);
+}
+
+/**
+ * Polls read() (a fetch from `server`) every `intervalMs` until predicate(answer) holds and
+ * returns that answer. Fails fast when the server exits; a timeout's error shows the last
+ * answer (as show(answer) renders it) or the last fetch error.
+ */
+async function waitOnServer(server, read, predicate, { timeoutMs, intervalMs, what, show }) {
+	const name = server.label || 'pipemesh';
+	const r = await pollUntil(async () => {
+		const answer = await read();
+		return predicate(answer) ? { ok: true, value: answer } : { miss: show(answer) };
+	}, {
+		timeoutMs, intervalMs, exited: server.exited, first: '(none yet)',
+		describeError: (e) => `(fetch failed: ${e.message})`,
+	});
+	if (r.ok) return r.value;
+	if (r.gone) throw new Error(`${name} exited (code ${r.gone.code}, signal ${r.gone.signal}) while waiting for ${what}`);
+	throw new Error(`${name}: timed out after ${timeoutMs} ms waiting for ${what}; last answer: ${r.last}`);
 }
 
 // ------------------------------------------------------------------ clusters (pipes)
@@ -311,32 +378,52 @@ export async function makeClusterCerts(nodeIds, { cluster = 'pipemesh' } = {}) {
 export async function startPipeCluster(nodeIds, {
 	secure = true, cluster = 'pipemesh', graceSecs = null, extraArgs = [], env = {},
 } = {}) {
-	const pipePorts = await freePorts(nodeIds.length, { udp: true });
-	const pipePort = Object.fromEntries(nodeIds.map((id, i) => [id, pipePorts[i]]));
 	const certs = secure ? await makeClusterCerts(nodeIds, { cluster }) : null;
+	const handle = await startNodes(nodeIds, {
+		cluster,
+		env,
+		nodeArgs: (id, pipePort) => [
+			...nodeIds.filter((o) => o !== id).flatMap((o) => ['--static-peer', `${o}=127.0.0.1:${pipePort[o]}`]),
+			...(certs
+				? ['--cluster-ca', certs.ca, '--node-cert', certs.cert(id), '--node-key', certs.key(id)]
+				: ['--insecure-pipes']),
+			...(graceSecs !== null ? ['--pipe-grace-secs', String(graceSecs)] : []),
+			...extraArgs,
+		],
+		cleanup: () => { if (certs) certs.remove(); },
+	});
+	return { ...handle, certs };
+}
+
+/**
+ * Starts one `pipemesh serve` per node id with `--node-id`, `--cluster`, a QUIC pipe listener
+ * on its own free loopback UDP port, then nodeArgs(id, pipePort by id), and awaits
+ * whenStarted(nodes). stop() stops the nodes in reverse order, then runs cleanup(); when a node
+ * fails to start or whenStarted throws, stop() runs before the error is rethrown.
+ * Returns { nodes: {id: server}, ids, output(), stop() }; each server also has its pipePort.
+ */
+async function startNodes(nodeIds, { cluster, env, nodeArgs, whenStarted = async () => {}, cleanup = () => {} }) {
 	const nodes = {};
 	const stop = async () => {
 		const results = {};
 		for (const [id, n] of Object.entries(nodes).reverse()) results[id] = await n.stop();
-		if (certs) certs.remove();
+		cleanup();
 		return results;
 	};
 	try {
+		const pipePorts = await freePorts(nodeIds.length, { udp: true });
+		const pipePort = Object.fromEntries(nodeIds.map((id, i) => [id, pipePorts[i]]));
 		for (const id of nodeIds) {
 			const args = [
 				'--node-id', id,
 				'--cluster', cluster,
 				'--pipe-listen', `127.0.0.1:${pipePort[id]}`,
-				...nodeIds.filter((o) => o !== id).flatMap((o) => ['--static-peer', `${o}=127.0.0.1:${pipePort[o]}`]),
-				...(certs
-					? ['--cluster-ca', certs.ca, '--node-cert', certs.cert(id), '--node-key', certs.key(id)]
-					: ['--insecure-pipes']),
-				...(graceSecs !== null ? ['--pipe-grace-secs', String(graceSecs)] : []),
-				...extraArgs,
+				...nodeArgs(id, pipePort),
 			];
 			nodes[id] = await startPipemesh({ label: id, avoidPorts: pipePorts, extraArgs: args, env });
 			nodes[id].pipePort = pipePort[id];
 		}
+		await whenStarted(nodes);
 	} catch (e) {
 		await stop().catch(() => {});
 		throw e;
@@ -344,7 +431,6 @@ export async function startPipeCluster(nodeIds, {
 	return {
 		nodes,
 		ids: [...nodeIds],
-		certs,
 		output: () => Object.values(nodes).map((n) => n.output()).join('\n'),
 		stop,
 	};
@@ -486,82 +572,48 @@ export async function startEtcd({ readyTimeoutMs = 15000 } = {}) {
 		`--initial-cluster=pm=${peer}`,
 		'--log-level=error',
 	];
-	const lines = [];
-	const keep = (chunk) => {
-		for (const l of String(chunk).split('\n')) if (l) lines.push(`[etcd] ${l}`);
-		if (lines.length > 1000) lines.splice(0, lines.length - 1000);
-	};
-	const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-	child.stdout.on('data', keep);
-	child.stderr.on('data', keep);
-	let exited = null;
-	let spawnError = null;
-	const exitPromise = new Promise((res) => {
-		child.once('exit', (code, signal) => { exited = { code, signal }; res(exited); });
-		child.once('error', (e) => { spawnError = e; exited = exited || { code: null, signal: null }; res(exited); });
-	});
 	const removeDir = () => rmSync(dataDir, { recursive: true, force: true });
-	// Backstop: never leave etcd (or its data) behind if the test process dies.
-	const onExit = () => {
-		if (!exited) try { child.kill('SIGKILL'); } catch { /* gone */ }
-		try { removeDir(); } catch { /* best effort */ }
-	};
-	const onSignal = (sig) => { onExit(); process.exit(sig === 'SIGINT' ? 130 : 143); };
-	process.once('exit', onExit);
-	process.once('SIGINT', onSignal);
-	process.once('SIGTERM', onSignal);
-
-	const output = () => lines.join('\n');
+	const proc = spawnKept(bin, args, {
+		stdoutPrefix: '[etcd] ',
+		stderrPrefix: '[etcd] ',
+		keepLines: 1000,
+		// Nor its data directory.
+		onBackstop: () => { try { removeDir(); } catch { /* best effort */ } },
+	});
+	const { output, cmdline } = proc;
 	const stop = async () => {
-		process.removeListener('exit', onExit);
-		process.removeListener('SIGINT', onSignal);
-		process.removeListener('SIGTERM', onSignal);
-		if (!exited) child.kill('SIGKILL');
-		const r = await exitPromise;
+		proc.release();
+		if (!proc.exited()) proc.child.kill('SIGKILL');
+		const r = await proc.exitPromise;
 		removeDir();
 		return r;
 	};
-	const cmdline = `${bin} ${args.join(' ')}`;
 	const healthUrl = `${client}/health`;
+	const healthOf = (body) => { try { return JSON.parse(body).health; } catch { return null; /* not JSON yet */ } };
 
-	const deadline = Date.now() + readyTimeoutMs;
-	let lastProblem = 'no answer yet';
-	while (Date.now() < deadline) {
-		if (exited) {
-			await stop();
-			const hint = spawnError && spawnError.code === 'ENOENT'
-				? ` (not found: install Debian's etcd-server, \`apt-get install -y etcd-server\`, or set PIPEMESH_ETCD_BIN)`
-				: '';
-			throw new Error(
-				`etcd exited before becoming healthy (code ${exited.code}, signal ${exited.signal}` +
-				`${spawnError ? `, spawn error: ${spawnError.message}${hint}` : ''}).\n` +
-				`command: ${cmdline}\n--- etcd output ---\n${output() || '(none)'}`,
-			);
-		}
-		try {
-			const r = await fetch(healthUrl, { signal: AbortSignal.timeout(1000) });
-			const body = await r.text();
-			let health = null;
-			try { health = JSON.parse(body).health; } catch { /* not JSON yet */ }
-			if (r.status === 200 && health === 'true') {
-				return {
-					endpoint: client, clientPort, peerPort, dataDir, cmdline, healthUrl,
-					exited: () => exited,
-					output,
-					stop,
-				};
-			}
-			lastProblem = `HTTP ${r.status} ${body.trim().slice(0, 200)}`;
-		} catch (e) {
-			lastProblem = e.cause ? `${e.cause.code || e.cause.message}` : e.message;
-		}
-		await delay(100);
+	const probe = await probeHttp(healthUrl, {
+		accept: (status, body) => status === 200 && healthOf(body) === 'true',
+		timeoutMs: readyTimeoutMs,
+		intervalMs: 100,
+		exited: proc.exited,
+	});
+	if (probe.ok) {
+		return {
+			endpoint: client, clientPort, peerPort, dataDir, cmdline, healthUrl,
+			exited: proc.exited,
+			output,
+			stop,
+		};
 	}
 	await stop();
-	throw new Error(
-		`etcd did not report {"health":"true"} on ${healthUrl} within ${readyTimeoutMs} ms (last: ${lastProblem}).\n` +
-		`command: ${cmdline}\n--- etcd output ---\n${output() || '(none)'}`,
-	);
+	throw notReadyError('etcd', proc, probe, {
+		becoming: 'healthy',
+		answer: `report {"health":"true"} on ${healthUrl}`,
+		timeoutMs: readyTimeoutMs,
+		hint: (e) => (e.code === 'ENOENT'
+			? ` (not found: install Debian's etcd-server, \`apt-get install -y etcd-server\`, or set PIPEMESH_ETCD_BIN)`
+			: ''),
+	});
 }
 
 /**
@@ -570,25 +622,13 @@ export async function startEtcd({ readyTimeoutMs = 15000 } = {}) {
  */
 export async function waitForReadyz(server, { timeoutMs = 20000 } = {}) {
 	const url = `http://127.0.0.1:${server.adminPort}/readyz`;
-	const deadline = Date.now() + timeoutMs;
-	let lastProblem = 'no answer yet';
-	while (Date.now() < deadline) {
-		const gone = server.exited && server.exited();
-		if (gone) {
-			throw new Error(`${server.label || 'pipemesh'} exited (code ${gone.code}, signal ${gone.signal}) before /readyz answered 200.\n` +
-				`--- server output ---\n${server.output() || '(none)'}`);
-		}
-		try {
-			const r = await fetch(url, { signal: AbortSignal.timeout(1000) });
-			const body = await r.text();
-			if (r.status === 200) return;
-			lastProblem = `HTTP ${r.status} ${body.trim().slice(0, 200)}`;
-		} catch (e) {
-			lastProblem = e.cause ? `${e.cause.code || e.cause.message}` : e.message;
-		}
-		await delay(200);
+	const probe = await probeHttp(url, { timeoutMs, exited: server.exited });
+	if (probe.ok) return;
+	if (probe.gone) {
+		throw new Error(`${server.label || 'pipemesh'} exited (code ${probe.gone.code}, signal ${probe.gone.signal}) before /readyz answered 200.\n` +
+			`--- server output ---\n${server.output() || '(none)'}`);
 	}
-	throw new Error(`${server.label || 'pipemesh'}: GET ${url} not 200 within ${timeoutMs} ms (last: ${lastProblem}).\n` +
+	throw new Error(`${server.label || 'pipemesh'}: GET ${url} not 200 within ${timeoutMs} ms (last: ${probe.last}).\n` +
 		`command: ${server.cmdline}\n--- server output (tail) ---\n${server.output().split('\n').slice(-100).join('\n') || '(none)'}`);
 }
 
@@ -598,6 +638,19 @@ export async function fetchAdminJson(server, path) {
 	const body = await r.text();
 	if (r.status !== 200) throw new Error(`GET ${path} on ${server.label || 'pipemesh'}: HTTP ${r.status} ${body.slice(0, 500)}`);
 	return JSON.parse(body);
+}
+
+/**
+ * Polls GET `path` on a node's admin port (JSON) every 200 ms until predicate(answer) holds and
+ * returns that answer. Fails fast when the node exits.
+ */
+export function waitForAdminJson(server, path, predicate, { timeoutMs = 20000, what = `GET ${path} to match` } = {}) {
+	return waitOnServer(server, () => fetchAdminJson(server, path), predicate, {
+		timeoutMs,
+		intervalMs: 200,
+		what,
+		show: (v) => `GET ${path}:\n${JSON.stringify(v, null, 1)}`,
+	});
 }
 
 /**
@@ -613,38 +666,16 @@ export async function startEtcdCluster(nodeIds, {
 } = {}) {
 	const endpoint = typeof etcd === 'string' ? etcd : etcd && etcd.endpoint;
 	if (!endpoint) throw new Error('startEtcdCluster needs { etcd }: a startEtcd() handle or an endpoint URL');
-	const pipePorts = await freePorts(nodeIds.length, { udp: true });
-	const pipePort = Object.fromEntries(nodeIds.map((id, i) => [id, pipePorts[i]]));
-	const nodes = {};
-	const stop = async () => {
-		const results = {};
-		for (const [id, n] of Object.entries(nodes).reverse()) results[id] = await n.stop();
-		return results;
-	};
-	try {
-		for (const id of nodeIds) {
-			const args = [
-				'--node-id', id,
-				'--cluster', cluster,
-				'--etcd-endpoints', endpoint,
-				'--pipe-listen', `127.0.0.1:${pipePort[id]}`,
-				'--insecure-pipes',
-				'--etcd-lease-ttl-secs', String(leaseTtlSecs),
-				...extraArgs,
-			];
-			nodes[id] = await startPipemesh({ label: id, avoidPorts: pipePorts, extraArgs: args, env });
-			nodes[id].pipePort = pipePort[id];
-		}
-		await Promise.all(Object.values(nodes).map((n) => waitForReadyz(n, { timeoutMs: readyTimeoutMs })));
-	} catch (e) {
-		await stop().catch(() => {});
-		throw e;
-	}
-	return {
-		nodes,
-		ids: [...nodeIds],
-		endpoint,
-		output: () => Object.values(nodes).map((n) => n.output()).join('\n'),
-		stop,
-	};
+	const handle = await startNodes(nodeIds, {
+		cluster,
+		env,
+		nodeArgs: () => [
+			'--etcd-endpoints', endpoint,
+			'--insecure-pipes',
+			'--etcd-lease-ttl-secs', String(leaseTtlSecs),
+			...extraArgs,
+		],
+		whenStarted: (nodes) => Promise.all(Object.values(nodes).map((n) => waitForReadyz(n, { timeoutMs: readyTimeoutMs }))),
+	});
+	return { ...handle, endpoint };
 }
