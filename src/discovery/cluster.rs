@@ -59,6 +59,7 @@ use crate::discovery::keys::{
     self, NodeLoad, NodeRecord, NodeState, ParsedKey, PeerRecord, ProducerRecord, RoomHostRecord,
     MAX_KEY_LEN, MAX_VALUE_LEN,
 };
+use crate::discovery::local::{count_refused, LocalRooms};
 use crate::discovery::registry::{RegistryOp, RegistryUpdate};
 use crate::ids::{NodeId, PeerId, ProducerId, RoomId};
 use crate::pipe::wire::{PeerInfo, ProducerInfo};
@@ -94,6 +95,8 @@ pub struct ClusterStats {
     /// Local producers refused past [`DirectoryConfig::max_producers_per_peer`].
     pub refused_producers: u64,
 }
+
+count_refused!(ClusterStats);
 
 /// A remote node's entries in one room, as the registry holds them.
 #[derive(Debug, Default)]
@@ -246,12 +249,6 @@ struct Remote {
     wanted: Option<String>,
 }
 
-#[derive(Debug, Default)]
-struct LocalRoom {
-    peers: BTreeMap<PeerId, PeerInfo>,
-    watched: bool,
-}
-
 /// What one registry update touched: rooms per node (an empty set when only the node record
 /// changed).
 type Touched = BTreeMap<NodeId, BTreeSet<RoomId>>;
@@ -264,7 +261,8 @@ pub struct ClusterDirectory {
     config: DirectoryConfig,
     /// The wall clock as last told ([`RoomDirectory::set_wall_clock`]).
     clock_ms: u64,
-    rooms: BTreeMap<RoomId, LocalRoom>,
+    /// This node's rooms, peers and producers.
+    rooms: LocalRooms,
     owned: BTreeMap<String, String>,
     ops: VecDeque<RegistryOp>,
     revision: i64,
@@ -283,8 +281,8 @@ impl ClusterDirectory {
         let mut d = Self {
             clock_ms: local.started_at_ms,
             local,
+            rooms: LocalRooms::new(config.clone()),
             config,
-            rooms: BTreeMap::new(),
             owned: BTreeMap::new(),
             ops: VecDeque::new(),
             revision: 0,
@@ -448,13 +446,9 @@ impl ClusterDirectory {
         }
     }
 
-    fn is_watched(&self, room: &RoomId) -> bool {
-        self.rooms.get(room).is_some_and(|r| r.watched)
-    }
-
     /// What `node` should show in `room` now.
     fn target(&self, room: &RoomId, node: &NodeId) -> Peers {
-        if node == &self.local.node_id || !self.is_watched(room) {
+        if node == &self.local.node_id || !self.rooms.is_watched(room) {
             return Peers::new();
         }
         let remote = self.remotes.get(node);
@@ -501,7 +495,7 @@ impl ClusterDirectory {
         if let Some(record) = self.cache.nodes.get(node) {
             let addr = record.pipe_addr.as_ref().filter(|a| !a.is_empty())?;
             let hosts = self.cache.rooms.get(node)?.iter().any(|(room, e)| {
-                (e.host.is_some() || !e.peers.is_empty()) && self.is_watched(room)
+                (e.host.is_some() || !e.peers.is_empty()) && self.rooms.is_watched(room)
             });
             return hosts.then(|| addr.clone());
         }
@@ -561,7 +555,7 @@ impl ClusterDirectory {
         } else {
             rooms
                 .into_iter()
-                .filter(|room| self.is_watched(room) || self.exposed_in(node, room))
+                .filter(|room| self.rooms.is_watched(room) || self.exposed_in(node, room))
                 .collect()
         };
         for room in rooms {
@@ -597,7 +591,7 @@ impl ClusterDirectory {
         }
         rooms
             .into_iter()
-            .filter(|room| self.is_watched(room) || self.exposed_in(node, room))
+            .filter(|room| self.rooms.is_watched(room) || self.exposed_in(node, room))
             .cloned()
             .collect()
     }
@@ -726,26 +720,6 @@ impl ClusterDirectory {
         )
     }
 
-    fn drop_room_if_idle(&mut self, room: &RoomId) {
-        if self
-            .rooms
-            .get(room)
-            .is_some_and(|r| !r.watched && r.peers.is_empty())
-        {
-            self.rooms.remove(room);
-        }
-    }
-
-    fn room_slot_free(&mut self, room: &RoomId) -> Result<(), DirectoryError> {
-        if !self.rooms.contains_key(room) && self.rooms.len() >= self.config.max_rooms {
-            self.stats.refused_rooms += 1;
-            return Err(DirectoryError::TooManyRooms {
-                max: self.config.max_rooms,
-            });
-        }
-        Ok(())
-    }
-
     /// Every remote node with something in `room` (entries, frozen copy or shown).
     fn nodes_in(&self, room: &RoomId) -> BTreeSet<NodeId> {
         let mut nodes: BTreeSet<NodeId> = self
@@ -854,30 +828,9 @@ fn push_diff(
 
 impl RoomDirectory for ClusterDirectory {
     fn local_peer_joined(&mut self, room: &RoomId, peer: PeerInfo) -> Result<(), DirectoryError> {
-        let max_peers = self.config.max_peers_per_room;
-        let max_producers = self.config.max_producers_per_peer;
-        if peer.producers.len() > max_producers {
-            self.stats.refused_producers += 1;
-            return Err(DirectoryError::TooManyProducers {
-                peer_id: peer.peer_id,
-                max: max_producers,
-            });
-        }
-        self.room_slot_free(room)?;
-        let local = self.rooms.get(room);
-        if local.is_some_and(|r| r.peers.contains_key(&peer.peer_id)) {
-            return Err(DirectoryError::PeerExists {
-                room: room.clone(),
-                peer_id: peer.peer_id,
-            });
-        }
-        if local.is_some_and(|r| r.peers.len() >= max_peers) {
-            self.stats.refused_peers += 1;
-            return Err(DirectoryError::TooManyPeers {
-                room: room.clone(),
-                max: max_peers,
-            });
-        }
+        self.rooms
+            .admit_peer(room, &peer)
+            .inspect_err(|e| self.stats.count_refused(e))?;
         let mut entries = vec![self.peer_entry(room, &peer)?];
         let mut ids = BTreeSet::new();
         for p in &peer.producers {
@@ -888,10 +841,7 @@ impl RoomDirectory for ClusterDirectory {
             }
             entries.push(self.producer_entry(room, &peer.peer_id, p)?);
         }
-        let local = self.rooms.entry(room.clone()).or_default();
-        let first = local.peers.is_empty();
-        local.peers.insert(peer.peer_id.clone(), peer);
-        if first {
+        if self.rooms.insert_peer(room, peer) {
             let host = RoomHostRecord {
                 since_ms: self.clock_ms,
             };
@@ -908,13 +858,9 @@ impl RoomDirectory for ClusterDirectory {
     }
 
     fn local_peer_left(&mut self, room: &RoomId, peer_id: &PeerId) {
-        let Some(local) = self.rooms.get_mut(room) else {
+        let Some((peer, last)) = self.rooms.remove_peer(room, peer_id) else {
             return;
         };
-        let Some(peer) = local.peers.remove(peer_id) else {
-            return;
-        };
-        let last = local.peers.is_empty();
         let node = self.local.node_id.clone();
         for p in &peer.producers {
             self.delete(keys::producer_key(room, &node, peer_id, &p.producer_id));
@@ -923,7 +869,6 @@ impl RoomDirectory for ClusterDirectory {
         if last {
             self.delete(keys::room_host_key(room, &node));
         }
-        self.drop_room_if_idle(room);
     }
 
     fn local_producer_added(
@@ -932,37 +877,11 @@ impl RoomDirectory for ClusterDirectory {
         peer_id: &PeerId,
         producer: ProducerInfo,
     ) -> Result<(), DirectoryError> {
-        let max = self.config.max_producers_per_peer;
-        let Some(peer) = self.rooms.get(room).and_then(|r| r.peers.get(peer_id)) else {
-            return Err(DirectoryError::UnknownPeer {
-                room: room.clone(),
-                peer_id: peer_id.clone(),
-            });
-        };
-        if peer
-            .producers
-            .iter()
-            .any(|p| p.producer_id == producer.producer_id)
-        {
-            return Err(DirectoryError::ProducerExists {
-                producer_id: producer.producer_id,
-            });
-        }
-        if peer.producers.len() >= max {
-            self.stats.refused_producers += 1;
-            return Err(DirectoryError::TooManyProducers {
-                peer_id: peer_id.clone(),
-                max,
-            });
-        }
+        self.rooms
+            .admit_producer(room, peer_id, &producer)
+            .inspect_err(|e| self.stats.count_refused(e))?;
         let (key, value) = self.producer_entry(room, peer_id, &producer)?;
-        if let Some(peer) = self
-            .rooms
-            .get_mut(room)
-            .and_then(|r| r.peers.get_mut(peer_id))
-        {
-            peer.producers.push(producer);
-        }
+        self.rooms.insert_producer(room, peer_id, producer);
         self.put(key, value);
         Ok(())
     }
@@ -973,21 +892,13 @@ impl RoomDirectory for ClusterDirectory {
         peer_id: &PeerId,
         producer_id: &ProducerId,
     ) {
-        let Some(peer) = self
+        if self
             .rooms
-            .get_mut(room)
-            .and_then(|r| r.peers.get_mut(peer_id))
-        else {
+            .remove_producer(room, peer_id, producer_id)
+            .is_none()
+        {
             return;
-        };
-        let Some(i) = peer
-            .producers
-            .iter()
-            .position(|p| &p.producer_id == producer_id)
-        else {
-            return;
-        };
-        peer.producers.remove(i);
+        }
         self.delete(keys::producer_key(
             room,
             &self.local.node_id,
@@ -1003,23 +914,13 @@ impl RoomDirectory for ClusterDirectory {
         producer_id: &ProducerId,
         paused: bool,
     ) {
-        let Some(p) = self
+        let Some(producer) = self
             .rooms
-            .get_mut(room)
-            .and_then(|r| r.peers.get_mut(peer_id))
-            .and_then(|peer| {
-                peer.producers
-                    .iter_mut()
-                    .find(|p| &p.producer_id == producer_id)
-            })
+            .set_paused(room, peer_id, producer_id, paused)
+            .cloned()
         else {
             return;
         };
-        if p.paused == paused {
-            return;
-        }
-        p.paused = paused;
-        let producer = p.clone();
         // It was publishable when added, and pausing does not change its size meaningfully.
         match self.producer_entry(room, peer_id, &producer) {
             Ok((key, value)) => self.put(key, value),
@@ -1028,12 +929,13 @@ impl RoomDirectory for ClusterDirectory {
     }
 
     fn watch_room(&mut self, room: &RoomId) -> Result<(), DirectoryError> {
-        self.room_slot_free(room)?;
-        let local = self.rooms.entry(room.clone()).or_default();
-        if local.watched {
+        if !self
+            .rooms
+            .watch(room)
+            .inspect_err(|e| self.stats.count_refused(e))?
+        {
             return Ok(());
         }
-        local.watched = true;
         for node in self.nodes_in(room) {
             self.settle(&node, BTreeSet::from([room.clone()]), false);
         }
@@ -1041,11 +943,9 @@ impl RoomDirectory for ClusterDirectory {
     }
 
     fn unwatch_room(&mut self, room: &RoomId) {
-        match self.rooms.get_mut(room) {
-            Some(local) if local.watched => local.watched = false,
-            _ => return,
+        if !self.rooms.unwatch(room) {
+            return;
         }
-        self.drop_room_if_idle(room);
         let nodes = self.nodes_in(room);
         // A frozen copy holds what was shown, and nothing is shown in an unwatched room.
         for r in self.remotes.values_mut() {

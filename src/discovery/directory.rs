@@ -33,6 +33,7 @@ use thiserror::Error;
 
 use crate::discovery::cluster::ClusterView;
 use crate::discovery::keys::{NodeLoad, NodeState};
+use crate::discovery::local::{count_refused, LocalRooms};
 use crate::discovery::registry::{RegistryOp, RegistryUpdate};
 use crate::ids::{NodeId, PeerId, ProducerId, RoomId};
 use crate::pipe::wire::{ControlMessage, PeerInfo, ProducerInfo};
@@ -308,11 +309,7 @@ pub struct DirectoryStats {
     pub ignored_unknown: u64,
 }
 
-#[derive(Debug, Default)]
-struct LocalRoom {
-    peers: BTreeMap<PeerId, PeerInfo>,
-    watched: bool,
-}
+count_refused!(DirectoryStats);
 
 #[derive(Debug, Default)]
 struct RemoteNode {
@@ -327,7 +324,8 @@ struct RemoteNode {
 #[derive(Debug)]
 pub struct GossipDirectory {
     config: DirectoryConfig,
-    rooms: BTreeMap<RoomId, LocalRoom>,
+    /// This node's rooms, peers and producers.
+    rooms: LocalRooms,
     nodes: BTreeMap<NodeId, RemoteNode>,
     events: VecDeque<DirectoryEvent>,
     sends: VecDeque<(NodeId, ControlMessage)>,
@@ -338,8 +336,8 @@ impl GossipDirectory {
     /// An empty directory with these bounds.
     pub fn new(config: DirectoryConfig) -> Self {
         Self {
+            rooms: LocalRooms::new(config.clone()),
             config,
-            rooms: BTreeMap::new(),
             nodes: BTreeMap::new(),
             events: VecDeque::new(),
             sends: VecDeque::new(),
@@ -357,15 +355,13 @@ impl GossipDirectory {
     pub fn link_up(&mut self, node: &NodeId) {
         let entry = self.nodes.entry(node.clone()).or_default();
         entry.linked = true;
-        for (room, local) in &self.rooms {
-            if local.watched {
-                self.sends.push_back((
-                    node.clone(),
-                    ControlMessage::RoomWatch {
-                        room_id: room.clone(),
-                    },
-                ));
-            }
+        for room in self.rooms.watched() {
+            self.sends.push_back((
+                node.clone(),
+                ControlMessage::RoomWatch {
+                    room_id: room.clone(),
+                },
+            ));
         }
     }
 
@@ -448,37 +444,12 @@ impl GossipDirectory {
         self.sends.pop_front()
     }
 
-    fn is_watched(&self, room: &RoomId) -> bool {
-        self.rooms.get(room).is_some_and(|r| r.watched)
-    }
-
     /// Queue `msg` to every linked node that watches `room`.
     fn broadcast(&mut self, room: &RoomId, msg: ControlMessage) {
         for (id, n) in &self.nodes {
             if n.linked && n.watches.contains(room) {
                 self.sends.push_back((id.clone(), msg.clone()));
             }
-        }
-    }
-
-    /// Make room for `room` in the local map, or say why not.
-    fn local_room(&mut self, room: &RoomId) -> Result<&mut LocalRoom, DirectoryError> {
-        if !self.rooms.contains_key(room) && self.rooms.len() >= self.config.max_rooms {
-            self.stats.refused_rooms += 1;
-            return Err(DirectoryError::TooManyRooms {
-                max: self.config.max_rooms,
-            });
-        }
-        Ok(self.rooms.entry(room.clone()).or_default())
-    }
-
-    fn drop_room_if_idle(&mut self, room: &RoomId) {
-        if self
-            .rooms
-            .get(room)
-            .is_some_and(|r| !r.watched && r.peers.is_empty())
-        {
-            self.rooms.remove(room);
         }
     }
 
@@ -492,11 +463,7 @@ impl GossipDirectory {
             return;
         }
         n.watches.insert(room.clone());
-        let peers = self
-            .rooms
-            .get(room)
-            .map(|r| r.peers.values().cloned().collect())
-            .unwrap_or_default();
+        let peers = self.rooms.peers(room).cloned().collect();
         self.sends.push_back((
             node.clone(),
             ControlMessage::RoomPeers {
@@ -529,7 +496,7 @@ impl GossipDirectory {
     }
 
     fn remote_snapshot(&mut self, node: &NodeId, room: &RoomId, peers: &[PeerInfo]) {
-        if !self.is_watched(room) {
+        if !self.rooms.is_watched(room) {
             self.stats.ignored_unknown += 1;
             return;
         }
@@ -595,7 +562,7 @@ impl GossipDirectory {
     }
 
     fn remote_joined(&mut self, node: &NodeId, room: &RoomId, peer: &PeerInfo) {
-        if !self.is_watched(room) {
+        if !self.rooms.is_watched(room) {
             self.stats.ignored_unknown += 1;
             return;
         }
@@ -756,31 +723,10 @@ pub(crate) fn push_peer_left(
 
 impl RoomDirectory for GossipDirectory {
     fn local_peer_joined(&mut self, room: &RoomId, peer: PeerInfo) -> Result<(), DirectoryError> {
-        let max_peers = self.config.max_peers_per_room;
-        let max_producers = self.config.max_producers_per_peer;
-        if peer.producers.len() > max_producers {
-            self.stats.refused_producers += 1;
-            return Err(DirectoryError::TooManyProducers {
-                peer_id: peer.peer_id,
-                max: max_producers,
-            });
-        }
-        let local = self.local_room(room)?;
-        if local.peers.contains_key(&peer.peer_id) {
-            return Err(DirectoryError::PeerExists {
-                room: room.clone(),
-                peer_id: peer.peer_id,
-            });
-        }
-        if local.peers.len() >= max_peers {
-            self.stats.refused_peers += 1;
-            self.drop_room_if_idle(room);
-            return Err(DirectoryError::TooManyPeers {
-                room: room.clone(),
-                max: max_peers,
-            });
-        }
-        local.peers.insert(peer.peer_id.clone(), peer.clone());
+        self.rooms
+            .admit_peer(room, &peer)
+            .inspect_err(|e| self.stats.count_refused(e))?;
+        self.rooms.insert_peer(room, peer.clone());
         self.broadcast(
             room,
             ControlMessage::PeerJoined {
@@ -792,13 +738,9 @@ impl RoomDirectory for GossipDirectory {
     }
 
     fn local_peer_left(&mut self, room: &RoomId, peer_id: &PeerId) {
-        let Some(local) = self.rooms.get_mut(room) else {
-            return;
-        };
-        if local.peers.remove(peer_id).is_none() {
+        if self.rooms.remove_peer(room, peer_id).is_none() {
             return;
         }
-        self.drop_room_if_idle(room);
         self.broadcast(
             room,
             ControlMessage::PeerLeft {
@@ -814,34 +756,10 @@ impl RoomDirectory for GossipDirectory {
         peer_id: &PeerId,
         producer: ProducerInfo,
     ) -> Result<(), DirectoryError> {
-        let max = self.config.max_producers_per_peer;
-        let Some(peer) = self
-            .rooms
-            .get_mut(room)
-            .and_then(|r| r.peers.get_mut(peer_id))
-        else {
-            return Err(DirectoryError::UnknownPeer {
-                room: room.clone(),
-                peer_id: peer_id.clone(),
-            });
-        };
-        if peer
-            .producers
-            .iter()
-            .any(|p| p.producer_id == producer.producer_id)
-        {
-            return Err(DirectoryError::ProducerExists {
-                producer_id: producer.producer_id,
-            });
-        }
-        if peer.producers.len() >= max {
-            self.stats.refused_producers += 1;
-            return Err(DirectoryError::TooManyProducers {
-                peer_id: peer_id.clone(),
-                max,
-            });
-        }
-        peer.producers.push(producer.clone());
+        self.rooms
+            .admit_producer(room, peer_id, &producer)
+            .inspect_err(|e| self.stats.count_refused(e))?;
+        self.rooms.insert_producer(room, peer_id, producer.clone());
         self.broadcast(
             room,
             ControlMessage::ProducerAdded {
@@ -859,21 +777,13 @@ impl RoomDirectory for GossipDirectory {
         peer_id: &PeerId,
         producer_id: &ProducerId,
     ) {
-        let Some(peer) = self
+        if self
             .rooms
-            .get_mut(room)
-            .and_then(|r| r.peers.get_mut(peer_id))
-        else {
+            .remove_producer(room, peer_id, producer_id)
+            .is_none()
+        {
             return;
-        };
-        let Some(i) = peer
-            .producers
-            .iter()
-            .position(|p| &p.producer_id == producer_id)
-        else {
-            return;
-        };
-        peer.producers.remove(i);
+        }
         self.broadcast(
             room,
             ControlMessage::ProducerRemoved {
@@ -891,22 +801,13 @@ impl RoomDirectory for GossipDirectory {
         producer_id: &ProducerId,
         paused: bool,
     ) {
-        let Some(p) = self
+        if self
             .rooms
-            .get_mut(room)
-            .and_then(|r| r.peers.get_mut(peer_id))
-            .and_then(|peer| {
-                peer.producers
-                    .iter_mut()
-                    .find(|p| &p.producer_id == producer_id)
-            })
-        else {
-            return;
-        };
-        if p.paused == paused {
+            .set_paused(room, peer_id, producer_id, paused)
+            .is_none()
+        {
             return;
         }
-        p.paused = paused;
         // The pipe message of the same name: nodes that know the producer apply it to their
         // pipe producer whether or not they are subscribed.
         let producer_id = producer_id.clone();
@@ -919,11 +820,13 @@ impl RoomDirectory for GossipDirectory {
     }
 
     fn watch_room(&mut self, room: &RoomId) -> Result<(), DirectoryError> {
-        let local = self.local_room(room)?;
-        if local.watched {
+        if !self
+            .rooms
+            .watch(room)
+            .inspect_err(|e| self.stats.count_refused(e))?
+        {
             return Ok(());
         }
-        local.watched = true;
         for (id, n) in &self.nodes {
             if n.linked {
                 self.sends.push_back((
@@ -938,11 +841,9 @@ impl RoomDirectory for GossipDirectory {
     }
 
     fn unwatch_room(&mut self, room: &RoomId) {
-        match self.rooms.get_mut(room) {
-            Some(local) if local.watched => local.watched = false,
-            _ => return,
+        if !self.rooms.unwatch(room) {
+            return;
         }
-        self.drop_room_if_idle(room);
         for (id, n) in self.nodes.iter_mut() {
             if let Some(peers) = n.rooms.remove(room) {
                 for (_, peer) in peers {
@@ -991,67 +892,10 @@ impl RoomDirectory for GossipDirectory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::rtp_parameters::MediaKind;
-
-    fn room() -> RoomId {
-        RoomId::from("r")
-    }
-    fn node_a() -> NodeId {
-        NodeId::from("a")
-    }
-    fn node_b() -> NodeId {
-        NodeId::from("b")
-    }
-    fn producer(id: &str) -> ProducerInfo {
-        ProducerInfo {
-            producer_id: ProducerId::from(id),
-            kind: MediaKind::Video,
-            paused: false,
-            rtp_parameters: Default::default(),
-            app_data: String::new(),
-        }
-    }
-    fn peer(id: &str, producers: &[&str]) -> PeerInfo {
-        PeerInfo {
-            peer_id: PeerId::from(id),
-            display_name: id.to_uppercase(),
-            device: "{}".into(),
-            producers: producers.iter().map(|p| producer(p)).collect(),
-        }
-    }
-    fn events(d: &mut dyn RoomDirectory) -> Vec<DirectoryEvent> {
-        std::iter::from_fn(|| d.poll_event()).collect()
-    }
-    fn joined(node: &NodeId, id: &str) -> DirectoryEvent {
-        DirectoryEvent::RemotePeerJoined {
-            room: room(),
-            node: node.clone(),
-            peer: peer(id, &[]),
-        }
-    }
-    fn left(node: &NodeId, id: &str) -> DirectoryEvent {
-        DirectoryEvent::RemotePeerLeft {
-            room: room(),
-            node: node.clone(),
-            peer_id: PeerId::from(id),
-        }
-    }
-    fn added(node: &NodeId, id: &str, p: &str) -> DirectoryEvent {
-        DirectoryEvent::RemoteProducerAdded {
-            room: room(),
-            node: node.clone(),
-            peer_id: PeerId::from(id),
-            producer: producer(p),
-        }
-    }
-    fn removed(node: &NodeId, id: &str, p: &str) -> DirectoryEvent {
-        DirectoryEvent::RemoteProducerRemoved {
-            room: room(),
-            node: node.clone(),
-            peer_id: PeerId::from(id),
-            producer_id: ProducerId::from(p),
-        }
-    }
+    use crate::discovery::testing::{
+        added, events, joined, left, node_a, node_b, peer, producer, refuse_past_unit_bounds,
+        removed, room, unit_bounds,
+    };
 
     /// Two directories, "a" and "b", wired back to back.
     struct Pair {
@@ -1362,46 +1206,14 @@ mod tests {
 
     #[test]
     fn local_bounds_refuse_and_count() {
-        let config = DirectoryConfig {
-            max_rooms: 1,
-            max_peers_per_room: 1,
-            max_producers_per_peer: 1,
-        };
-        let mut d = GossipDirectory::new(config);
-        d.local_peer_joined(&room(), peer("alice", &["p1"]))
-            .unwrap();
-        assert!(matches!(
-            d.local_peer_joined(&room(), peer("bob", &[])),
-            Err(DirectoryError::TooManyPeers { max: 1, .. })
-        ));
-        assert!(matches!(
-            d.local_peer_joined(&room(), peer("alice", &[])),
-            Err(DirectoryError::PeerExists { .. })
-        ));
-        assert!(matches!(
-            d.local_peer_joined(&RoomId::from("r2"), peer("carol", &[])),
-            Err(DirectoryError::TooManyRooms { max: 1 })
-        ));
-        assert!(matches!(
-            d.watch_room(&RoomId::from("r2")),
-            Err(DirectoryError::TooManyRooms { max: 1 })
-        ));
+        let mut d = GossipDirectory::new(unit_bounds());
+        refuse_past_unit_bounds(&mut d);
+        let s = d.stats();
+        assert_eq!(
+            (s.refused_rooms, s.refused_peers, s.refused_producers),
+            (2, 1, 2)
+        );
         let alice = PeerId::from("alice");
-        assert!(matches!(
-            d.local_producer_added(&room(), &alice, producer("p2")),
-            Err(DirectoryError::TooManyProducers { max: 1, .. })
-        ));
-        assert!(matches!(
-            d.local_producer_added(&room(), &alice, producer("p1")),
-            Err(DirectoryError::ProducerExists { .. })
-        ));
-        assert!(matches!(
-            d.local_producer_added(&room(), &PeerId::from("zed"), producer("z")),
-            Err(DirectoryError::UnknownPeer { .. })
-        ));
-        assert_eq!(d.stats().refused_peers, 1);
-        assert_eq!(d.stats().refused_rooms, 2);
-        assert_eq!(d.stats().refused_producers, 1);
         // The room frees up once empty and unwatched.
         d.local_peer_left(&room(), &alice);
         d.watch_room(&RoomId::from("r2")).unwrap();

@@ -6,6 +6,8 @@
 //! - [`registry`]: the boundary to a revisioned, leased key-value registry (ops out, updates in).
 //! - [`keys`]: the key layout and value records under the cluster prefix.
 //! - [`cluster`]: [`cluster::ClusterDirectory`], the sans-IO directory over a registry.
+//! - `local`: this node's rooms, peers and producers within the bounds, shared by the gossip
+//!   and cluster directories.
 //! - [`etcd`] and [`in_process`]: the two registry backends (tokio tasks).
 
 pub mod cluster;
@@ -13,4 +15,7 @@ pub mod directory;
 pub mod etcd;
 pub mod in_process;
 pub mod keys;
+mod local;
 pub mod registry;
+#[cfg(test)]
+mod testing;

@@ -2,17 +2,12 @@
 
 use super::*;
 use crate::discovery::registry::KvChange;
-use crate::router::rtp_parameters::{MediaKind, RtpParameters};
+use crate::discovery::testing::{
+    added, events, joined, left, node_a, node_b, peer, producer, refuse_past_unit_bounds, removed,
+    room, unit_bounds,
+};
+use crate::router::rtp_parameters::MediaKind;
 
-fn room() -> RoomId {
-    RoomId::from("r")
-}
-fn node_a() -> NodeId {
-    NodeId::from("a")
-}
-fn node_b() -> NodeId {
-    NodeId::from("b")
-}
 fn addr(node: &NodeId) -> String {
     format!(
         "10.0.0.{}:7000",
@@ -33,58 +28,8 @@ fn record(node: &NodeId) -> NodeRecord {
         incarnation: format!("{node}-1"),
     }
 }
-fn producer(id: &str) -> ProducerInfo {
-    ProducerInfo {
-        producer_id: ProducerId::from(id),
-        kind: MediaKind::Video,
-        paused: false,
-        rtp_parameters: RtpParameters::default(),
-        app_data: "{}".into(),
-    }
-}
-fn peer(id: &str, producers: &[&str]) -> PeerInfo {
-    PeerInfo {
-        peer_id: PeerId::from(id),
-        display_name: id.to_uppercase(),
-        device: r#"{"flag":"test"}"#.into(),
-        producers: producers.iter().map(|p| producer(p)).collect(),
-    }
-}
-fn events(d: &mut ClusterDirectory) -> Vec<DirectoryEvent> {
-    std::iter::from_fn(|| d.poll_event()).collect()
-}
 fn ops(d: &mut ClusterDirectory) -> Vec<RegistryOp> {
     std::iter::from_fn(|| d.poll_registry_op()).collect()
-}
-fn joined(node: &NodeId, id: &str) -> DirectoryEvent {
-    DirectoryEvent::RemotePeerJoined {
-        room: room(),
-        node: node.clone(),
-        peer: peer(id, &[]),
-    }
-}
-fn left(node: &NodeId, id: &str) -> DirectoryEvent {
-    DirectoryEvent::RemotePeerLeft {
-        room: room(),
-        node: node.clone(),
-        peer_id: PeerId::from(id),
-    }
-}
-fn added(node: &NodeId, id: &str, p: &str) -> DirectoryEvent {
-    DirectoryEvent::RemoteProducerAdded {
-        room: room(),
-        node: node.clone(),
-        peer_id: PeerId::from(id),
-        producer: producer(p),
-    }
-}
-fn removed(node: &NodeId, id: &str, p: &str) -> DirectoryEvent {
-    DirectoryEvent::RemoteProducerRemoved {
-        room: room(),
-        node: node.clone(),
-        peer_id: PeerId::from(id),
-        producer_id: ProducerId::from(p),
-    }
 }
 fn wanted(node: &NodeId) -> DirectoryEvent {
     DirectoryEvent::LinkWanted {
@@ -973,48 +918,10 @@ fn malformed_entries_are_skipped_and_counted_once() {
 
 #[test]
 fn local_bounds_refuse_and_count() {
-    let config = DirectoryConfig {
-        max_rooms: 1,
-        max_peers_per_room: 1,
-        max_producers_per_peer: 1,
-    };
-    let mut d = ClusterDirectory::new(record(&node_a()), config);
+    let mut d = ClusterDirectory::new(record(&node_a()), unit_bounds());
     ops(&mut d);
-    assert!(matches!(
-        d.local_peer_joined(&room(), peer("zed", &["z1", "z2"])),
-        Err(DirectoryError::TooManyProducers { max: 1, .. })
-    ));
-    d.local_peer_joined(&room(), peer("alice", &["p1"]))
-        .unwrap();
-    assert!(matches!(
-        d.local_peer_joined(&room(), peer("bob", &[])),
-        Err(DirectoryError::TooManyPeers { max: 1, .. })
-    ));
-    assert!(matches!(
-        d.local_peer_joined(&room(), peer("alice", &[])),
-        Err(DirectoryError::PeerExists { .. })
-    ));
-    assert!(matches!(
-        d.local_peer_joined(&RoomId::from("r2"), peer("carol", &[])),
-        Err(DirectoryError::TooManyRooms { max: 1 })
-    ));
-    assert!(matches!(
-        d.watch_room(&RoomId::from("r2")),
-        Err(DirectoryError::TooManyRooms { max: 1 })
-    ));
+    refuse_past_unit_bounds(&mut d);
     let alice = PeerId::from("alice");
-    assert!(matches!(
-        d.local_producer_added(&room(), &alice, producer("p2")),
-        Err(DirectoryError::TooManyProducers { max: 1, .. })
-    ));
-    assert!(matches!(
-        d.local_producer_added(&room(), &alice, producer("p1")),
-        Err(DirectoryError::ProducerExists { .. })
-    ));
-    assert!(matches!(
-        d.local_producer_added(&room(), &PeerId::from("zed"), producer("z")),
-        Err(DirectoryError::UnknownPeer { .. })
-    ));
     let s = d.stats();
     assert_eq!(
         (s.refused_rooms, s.refused_peers, s.refused_producers),

@@ -152,7 +152,7 @@ impl ClusterDirectory {
             for (room, e) in node_rooms {
                 let view = rooms.entry(room).or_insert_with(|| RoomView {
                     room: room.clone(),
-                    watched: self.is_watched(room),
+                    watched: self.rooms.is_watched(room),
                     hosts: Vec::new(),
                     peers: Vec::new(),
                 });
