@@ -1,6 +1,7 @@
 //! Admin HTTP endpoint: `/healthz` (the process is alive and serving), `/readyz` (it should get
 //! new clients: its cluster registry session is healthy), `/cluster` (this node's view of the
-//! cluster: nodes, rooms, peers, producers, links) and `/metrics` with the node's counters in
+//! cluster: nodes, rooms, peers, producers, links), `/api/v1/rooms/{room}/assign` (placement:
+//! which node a new client of a room should use) and `/metrics` with the node's counters in
 //! Prometheus text format.
 //!
 //! Liveness and readiness differ on purpose: when etcd is unreachable, existing sessions keep
@@ -11,14 +12,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::discovery::cluster::ClusterView;
+use crate::discovery::placement;
 use crate::discovery::registry::RegistryStatus;
+use crate::ids::RoomId;
 use crate::node::NodeCounters;
 use crate::pipe::endpoint::PipeHandle;
 use crate::worker::WorkerCounters;
@@ -62,6 +66,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/cluster", get(cluster))
+        .route("/api/v1/rooms/{room}/assign", get(assign))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -124,6 +129,64 @@ async fn cluster(State(s): State<AdminState>) -> (StatusCode, Json<Value>) {
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"error": "worker did not answer"})),
+        ),
+    }
+}
+
+/// Query of `/api/v1/rooms/{room}/assign`.
+#[derive(Debug, serde::Deserialize)]
+struct AssignQuery {
+    /// The client's region; absent: any region.
+    region: Option<String>,
+}
+
+/// Longest room id accepted by the placement endpoint (as signaling accepts).
+const MAX_ROOM_ID: usize = 256;
+
+/// `GET /api/v1/rooms/{room}/assign?region=X`: the node a new client of the room should
+/// connect to (see [`crate::discovery::placement`]), as this node's directory sees the
+/// cluster. Any node answers for the whole cluster.
+async fn assign(
+    State(s): State<AdminState>,
+    Path(room): Path<String>,
+    Query(q): Query<AssignQuery>,
+) -> (StatusCode, Json<Value>) {
+    if room.is_empty() || room.len() > MAX_ROOM_ID {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": format!("room id must be 1-{MAX_ROOM_ID} bytes")})),
+        );
+    }
+    let (tx, rx) = oneshot::channel();
+    if s.inspect.send(Inspect::Cluster(tx)).await.is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "worker stopped"})),
+        );
+    }
+    let view = match tokio::time::timeout(INSPECT_TIMEOUT, rx).await {
+        Ok(Ok(v)) => v,
+        _ => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error": "worker did not answer"})),
+            )
+        }
+    };
+    let Ok(view) = serde_json::from_value::<ClusterView>(view) else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                json!({"error": "placement needs the cluster registry (this node runs on static peers)"}),
+            ),
+        );
+    };
+    let region = q.region.as_deref().filter(|r| !r.is_empty());
+    match placement::assign(&view, &RoomId::from(room.as_str()), region) {
+        Ok(a) => (StatusCode::OK, Json(json!(a))),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": e.to_string()})),
         ),
     }
 }

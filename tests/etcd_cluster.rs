@@ -726,3 +726,87 @@ async fn a_node_cut_off_from_etcd_keeps_its_peers_and_media_on_the_others() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn placement_prefers_region_then_room_then_load() {
+    long_test(Duration::from_secs(60), async {
+        let etcd = Etcd::start().await;
+        let ttl = format!("--etcd-lease-ttl-secs={LEASE_TTL_SECS}");
+        let mut nodes: Vec<NodeProcess> = [("n1", "eu"), ("n2", "eu"), ("n3", "us")]
+            .iter()
+            .map(|(id, region)| {
+                NodeProcess::spawn(
+                    id,
+                    &etcd.endpoint(),
+                    "test",
+                    &[&ttl, &format!("--region={region}")],
+                )
+            })
+            .collect();
+        for n in &mut nodes {
+            n.wait_ready(Duration::from_secs(20)).await;
+        }
+        let _p = publisher(&nodes[0], "r", "pub").await;
+        // Every node answers for the whole cluster; wait until n3 knows n1 hosts r and has a
+        // peer (load figures are refreshed every 5 s).
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let v = node_view(&nodes[2], "n1").await;
+            let hosts = view_peers(&nodes[2].admin_json("/cluster").await, "r").contains("pub");
+            if hosts && v.is_some_and(|v| v["record"]["load"]["peers"].as_u64() == Some(1)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "n3 never saw n1's room and load");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let assign = |n: &NodeProcess, room: &str, region: &str| {
+            let path = format!("/api/v1/rooms/{room}/assign?region={region}");
+            let admin = n.admin;
+            async move {
+                let (status, body) = common::process::http_get(admin, &path)
+                    .await
+                    .expect("admin");
+                assert_eq!(status, 200, "{path}: {body}");
+                let v: Value = serde_json::from_str(&body).expect("json");
+                (
+                    v["nodeId"].as_str().unwrap_or("").to_owned(),
+                    v["reason"].as_str().unwrap_or("").to_owned(),
+                    v,
+                )
+            }
+        };
+        for asker in &nodes {
+            // Room r lives on n1 (eu): eu clients go there even though n2 is lighter.
+            let (node, reason, v) = assign(asker, "r", "eu").await;
+            assert_eq!(
+                (node.as_str(), reason.as_str()),
+                ("n1", "region-hosts-room"),
+                "{v}"
+            );
+            assert!(v["url"].as_str().unwrap().ends_with("/?roomId=r"), "{v}");
+            // A new room in eu: the least loaded eu node.
+            let (node, reason, _) = assign(asker, "fresh", "eu").await;
+            assert_eq!(
+                (node.as_str(), reason.as_str()),
+                ("n2", "region-least-loaded")
+            );
+            // A us client of room r: its own region's node, not the room's.
+            let (node, reason, _) = assign(asker, "r", "us").await;
+            assert_eq!(
+                (node.as_str(), reason.as_str()),
+                ("n3", "region-least-loaded")
+            );
+            // A region with no node: the room's node, wherever it is.
+            let (node, reason, _) = assign(asker, "r", "ap").await;
+            assert_eq!(
+                (node.as_str(), reason.as_str()),
+                ("n1", "other-region-hosts-room")
+            );
+        }
+        let (status, _) = common::process::http_get(nodes[0].admin, "/api/v1/rooms/r/assign")
+            .await
+            .expect("admin");
+        assert_eq!(status, 200, "the region is optional");
+    })
+    .await;
+}

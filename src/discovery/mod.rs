@@ -8,6 +8,7 @@
 //! - [`cluster`]: [`cluster::ClusterDirectory`], the sans-IO directory over a registry.
 //! - `local`: this node's rooms, peers and producers within the bounds, shared by the gossip
 //!   and cluster directories.
+//! - [`placement`]: which node a new client of a room should connect to.
 //! - [`etcd`] and [`in_process`]: the two registry backends (tokio tasks).
 
 pub mod cluster;
@@ -15,6 +16,7 @@ pub mod directory;
 pub mod etcd;
 pub mod in_process;
 pub mod keys;
+pub mod placement;
 mod local;
 pub mod registry;
 #[cfg(test)]
