@@ -23,6 +23,7 @@
 //! kept thin: [`edge::glue`], [`signaling::server`], [`node`].
 
 pub mod admin;
+pub mod auth;
 pub mod bench;
 pub mod bot;
 pub mod config;
