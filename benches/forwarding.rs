@@ -143,7 +143,7 @@ impl PacketSource {
         self.seq = self.seq.wrapping_add(1);
         self.twcc_seq = self.twcc_seq.wrapping_add(1);
         // ~4 packets per frame at 90 kHz / 30 fps.
-        if self.seq % 4 == 0 {
+        if self.seq.is_multiple_of(4) {
             self.timestamp = self.timestamp.wrapping_add(3000);
             self.picture_id = self.picture_id.wrapping_add(1);
         }

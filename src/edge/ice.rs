@@ -512,7 +512,7 @@ mod tests {
             b.extend_from_slice(&t.to_be_bytes());
             b.extend_from_slice(&(v.len() as u16).to_be_bytes());
             b.extend_from_slice(v);
-            while b.len() % 4 != 0 {
+            while !b.len().is_multiple_of(4) {
                 b.push(0);
             }
         };

@@ -17,7 +17,7 @@ pub(crate) fn begin_packet(out: &mut Vec<u8>, count_or_format: u8, pt: u8) -> us
 /// Ends a packet started at `start`: pads with zeros to 32 bits (without the P bit; only
 /// SDES, BYE and TWCC bodies may need it, and zero bytes are valid there) and sets the length.
 pub(crate) fn finish_packet(out: &mut Vec<u8>, start: usize) {
-    while (out.len() - start) % 4 != 0 {
+    while !(out.len() - start).is_multiple_of(4) {
         out.push(0);
     }
     let words = ((out.len() - start) / 4 - 1).min(usize::from(u16::MAX)) as u16;
