@@ -23,6 +23,8 @@
 //! HMAC runs on `ring` (already used by the TLS stack) through a small `jsonwebtoken` crypto
 //! provider that knows HS256 only.
 
+pub mod cli;
+
 use std::fmt;
 
 use jsonwebtoken::crypto::{CryptoProvider, JwtSigner, JwtVerifier, KeyUtils};

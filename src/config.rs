@@ -2,6 +2,9 @@
 //! `PIPEMESH_*` environment variable (both handled by clap), the TOML file named by `--config`,
 //! and finally the embedded default. Defaults let `pipemesh serve` run on a laptop unchanged.
 
+use crate::auth::AuthSecret;
+use crate::signaling::limits::PeerLimits;
+use crate::signaling::protoo::MAX_MESSAGE_BYTES;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -110,6 +113,22 @@ pub struct Config {
     pub etcd_lease_ttl_secs: u64,
     /// Seconds to wait for etcd at start before refusing to start.
     pub etcd_connect_timeout_secs: u64,
+    /// File holding the cluster secret that signs room tokens (at least 32 bytes; surrounding
+    /// whitespace ignored). Also from the `PIPEMESH_AUTH_SECRET` environment variable. Unset:
+    /// no tokens, anonymous joins from loopback clients only.
+    pub auth_secret_file: Option<PathBuf>,
+    /// WebRtcTransports one peer may have open.
+    pub max_transports_per_peer: usize,
+    /// Producers one peer may have open.
+    pub max_producers_per_peer: usize,
+    /// Consumers one peer may have open; further producers are not offered to it.
+    pub max_consumers_per_peer: usize,
+    /// Largest signaling message, in bytes; a larger one closes the connection.
+    pub max_signaling_message_bytes: usize,
+    /// Sustained signaling requests per second per peer; excess requests get error 429.
+    pub signaling_requests_per_sec: u32,
+    /// Signaling requests a peer may send in a burst above the sustained rate.
+    pub signaling_request_burst: u32,
 }
 
 /// A static peer: another node and the address of its pipe listener.
@@ -156,6 +175,7 @@ pub fn valid_node_id(id: &str) -> bool {
 
 impl Default for Config {
     fn default() -> Self {
+        let limits = PeerLimits::default();
         Self {
             signaling_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 4443),
             rtc_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 40000),
@@ -187,6 +207,13 @@ impl Default for Config {
             etcd_password_file: None,
             etcd_lease_ttl_secs: 3,
             etcd_connect_timeout_secs: 10,
+            auth_secret_file: None,
+            max_transports_per_peer: limits.max_transports,
+            max_producers_per_peer: limits.max_producers,
+            max_consumers_per_peer: limits.max_consumers,
+            max_signaling_message_bytes: limits.max_message_bytes,
+            signaling_requests_per_sec: limits.requests_per_sec,
+            signaling_request_burst: limits.request_burst,
         }
     }
 }
@@ -302,6 +329,28 @@ pub struct ServeArgs {
     /// Seconds to wait for etcd at start [default: 10]
     #[arg(long, env = "PIPEMESH_ETCD_CONNECT_TIMEOUT_SECS")]
     pub etcd_connect_timeout_secs: Option<u64>,
+    /// File with the cluster secret that signs room tokens (or PIPEMESH_AUTH_SECRET)
+    /// [default: none, anonymous joins from loopback only]
+    #[arg(long, env = "PIPEMESH_AUTH_SECRET_FILE", value_name = "FILE")]
+    pub auth_secret_file: Option<PathBuf>,
+    /// WebRtcTransports per peer [default: 4]
+    #[arg(long, env = "PIPEMESH_MAX_TRANSPORTS_PER_PEER")]
+    pub max_transports_per_peer: Option<usize>,
+    /// Producers per peer [default: 16]
+    #[arg(long, env = "PIPEMESH_MAX_PRODUCERS_PER_PEER")]
+    pub max_producers_per_peer: Option<usize>,
+    /// Consumers per peer [default: 500]
+    #[arg(long, env = "PIPEMESH_MAX_CONSUMERS_PER_PEER")]
+    pub max_consumers_per_peer: Option<usize>,
+    /// Largest signaling message in bytes [default: 65536]
+    #[arg(long, env = "PIPEMESH_MAX_SIGNALING_MESSAGE_BYTES")]
+    pub max_signaling_message_bytes: Option<usize>,
+    /// Sustained signaling requests per second per peer [default: 50]
+    #[arg(long, env = "PIPEMESH_SIGNALING_REQUESTS_PER_SEC")]
+    pub signaling_requests_per_sec: Option<u32>,
+    /// Signaling request burst per peer [default: 100]
+    #[arg(long, env = "PIPEMESH_SIGNALING_REQUEST_BURST")]
+    pub signaling_request_burst: Option<u32>,
 }
 
 impl Config {
@@ -330,6 +379,8 @@ impl Config {
         };
         cfg.apply(args);
         cfg.validate()?;
+        // Refuse a missing or weak secret now rather than when the node starts listening.
+        cfg.auth_secret()?;
         Ok(cfg)
     }
 
@@ -425,6 +476,27 @@ impl Config {
         if let Some(v) = a.etcd_connect_timeout_secs {
             self.etcd_connect_timeout_secs = v;
         }
+        if let Some(v) = &a.auth_secret_file {
+            self.auth_secret_file = Some(v.clone());
+        }
+        if let Some(v) = a.max_transports_per_peer {
+            self.max_transports_per_peer = v;
+        }
+        if let Some(v) = a.max_producers_per_peer {
+            self.max_producers_per_peer = v;
+        }
+        if let Some(v) = a.max_consumers_per_peer {
+            self.max_consumers_per_peer = v;
+        }
+        if let Some(v) = a.max_signaling_message_bytes {
+            self.max_signaling_message_bytes = v;
+        }
+        if let Some(v) = a.signaling_requests_per_sec {
+            self.signaling_requests_per_sec = v;
+        }
+        if let Some(v) = a.signaling_request_burst {
+            self.signaling_request_burst = v;
+        }
     }
 
     /// Refuses values that cannot work.
@@ -494,6 +566,7 @@ impl Config {
             });
         }
         self.validate_etcd(!peers.is_empty())?;
+        self.validate_limits()?;
         if let Some(a) = &self.pipe_announced_address {
             if a.rsplit_once(':')
                 .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().map_or(true, |p| p == 0))
@@ -521,6 +594,50 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let invalid = |name, reason: String| Err(ConfigError::Invalid { name, reason });
+        for (name, v) in [
+            ("max_transports_per_peer", self.max_transports_per_peer),
+            ("max_producers_per_peer", self.max_producers_per_peer),
+            ("max_consumers_per_peer", self.max_consumers_per_peer),
+        ] {
+            if v == 0 {
+                return invalid(name, "must be at least 1".into());
+            }
+        }
+        if !(4096..=MAX_MESSAGE_BYTES).contains(&self.max_signaling_message_bytes) {
+            return invalid(
+                "max_signaling_message_bytes",
+                format!("must be between 4096 and {MAX_MESSAGE_BYTES}"),
+            );
+        }
+        if self.signaling_requests_per_sec == 0 || self.signaling_request_burst == 0 {
+            return invalid(
+                "signaling_requests_per_sec/signaling_request_burst",
+                "must be at least 1".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The limits every peer gets.
+    pub fn peer_limits(&self) -> PeerLimits {
+        PeerLimits {
+            max_transports: self.max_transports_per_peer,
+            max_producers: self.max_producers_per_peer,
+            max_consumers: self.max_consumers_per_peer,
+            max_message_bytes: self.max_signaling_message_bytes,
+            requests_per_sec: self.signaling_requests_per_sec,
+            request_burst: self.signaling_request_burst,
+        }
+    }
+
+    /// The token secret: `auth_secret_file`'s text, else `PIPEMESH_AUTH_SECRET`; `None` when
+    /// neither is set. Refused when shorter than 32 bytes.
+    pub fn auth_secret(&self) -> Result<Option<AuthSecret>, ConfigError> {
+        load_auth_secret(self.auth_secret_file.as_deref())
     }
 
     fn validate_etcd(&self, static_peers: bool) -> Result<(), ConfigError> {
@@ -669,6 +786,29 @@ impl Config {
         first_non_loopback_ipv4()
             .map(|ip| ip.to_string())
             .unwrap_or_else(|| "127.0.0.1".into())
+    }
+}
+
+/// The token secret from `file` (its text, surrounding whitespace ignored), else from the
+/// `PIPEMESH_AUTH_SECRET` environment variable; `None` when neither is given. A secret shorter
+/// than 32 bytes is refused. Never from a command-line value: those show in `ps`.
+pub fn load_auth_secret(file: Option<&Path>) -> Result<Option<AuthSecret>, ConfigError> {
+    let invalid = |e: crate::auth::AuthError| ConfigError::Invalid {
+        name: "auth_secret",
+        reason: e.to_string(),
+    };
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        return AuthSecret::from_file_text(&text).map(Some).map_err(invalid);
+    }
+    match std::env::var("PIPEMESH_AUTH_SECRET") {
+        Ok(v) => AuthSecret::new(v.trim().as_bytes().to_vec())
+            .map(Some)
+            .map_err(invalid),
+        Err(_) => Ok(None),
     }
 }
 
@@ -857,6 +997,60 @@ mod tests {
         .unwrap();
         assert_eq!(from_file.etcd_endpoints.len(), 2);
         assert_eq!(from_file.etcd_lease_ttl_secs, 5);
+    }
+
+    #[test]
+    fn limits_and_the_token_secret_are_checked() {
+        let cfg = Config::from_toml(
+            "max_transports_per_peer = 2\nsignaling_requests_per_sec = 5\nsignaling_request_burst = 7\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        let l = cfg.peer_limits();
+        assert_eq!(
+            (l.max_transports, l.requests_per_sec, l.request_burst),
+            (2, 5, 7)
+        );
+        assert_eq!(l.max_producers, PeerLimits::default().max_producers);
+        for bad in [
+            "max_transports_per_peer = 0",
+            "max_consumers_per_peer = 0",
+            "max_signaling_message_bytes = 100",
+            "max_signaling_message_bytes = 100000000",
+            "signaling_request_burst = 0",
+        ] {
+            assert!(Config::from_toml(bad).unwrap().validate().is_err(), "{bad}");
+        }
+
+        let dir = std::env::temp_dir().join(format!("pipemesh-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secret");
+        std::fs::write(&file, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let with_file = Config {
+            auth_secret_file: Some(file.clone()),
+            ..Config::default()
+        };
+        assert!(with_file.auth_secret().unwrap().is_some());
+        std::fs::write(&file, "too short\n").unwrap();
+        assert!(matches!(
+            with_file.auth_secret(),
+            Err(ConfigError::Invalid {
+                name: "auth_secret",
+                ..
+            })
+        ));
+        let missing = Config {
+            auth_secret_file: Some(dir.join("absent")),
+            ..Config::default()
+        };
+        assert!(matches!(
+            missing.auth_secret(),
+            Err(ConfigError::Read { .. })
+        ));
+        // The secret itself never appears in the printed configuration.
+        let printed = toml::to_string(&with_file).unwrap();
+        assert!(printed.contains("auth_secret_file") && !printed.contains("too short"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

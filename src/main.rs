@@ -25,6 +25,8 @@ enum Command {
     Config(ServeArgs),
     /// Benchmarks against real nodes on loopback (`pipemesh bench pipe`).
     Bench(pipemesh::bench::BenchArgs),
+    /// Mint a room token (JWT signed with the cluster secret); prints it on stdout.
+    Token(pipemesh::auth::cli::TokenArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -68,6 +70,10 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => pipemesh::bench::run(args),
+        Command::Token(args) => {
+            println!("{}", pipemesh::auth::cli::run(&args)?);
+            Ok(())
+        }
     }
 }
 

@@ -256,7 +256,10 @@ pub async fn start(
     ));
     tasks.spawn(tcp_accept(tcp, ev_tx, counters.clone(), stop.subscribe()));
 
-    let app = sig::router(cmd_tx, cfg.web_root.clone(), cfg.max_signaling_connections);
+    let app = sig::router(
+        cmd_tx,
+        sig::SignalingSettings::from_config(&cfg, worker_counters.clone())?,
+    );
     let mut s = stop.subscribe();
     tasks.spawn(async move {
         let r = axum::serve(signaling, app)

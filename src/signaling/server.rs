@@ -1,18 +1,25 @@
-//! WebSocket glue for protoo signaling: accepts `ws://HOST:PORT/?roomId=R&peerId=P` with the
-//! `protoo` subprotocol, turns frames into [`WorkerCommand`]s for the worker task, and carries
-//! the worker's server-initiated requests and notifications back to the peer. Plain HTTP GETs
-//! on the same port serve the demo page from the configured web root.
+//! WebSocket glue for protoo signaling: accepts `ws://HOST:PORT/?roomId=R&peerId=P[&token=T]`
+//! with the `protoo` subprotocol, turns frames into [`WorkerCommand`]s for the worker task, and
+//! carries the worker's server-initiated requests and notifications back to the peer. Plain
+//! HTTP GETs on the same port serve the demo page from the configured web root.
+//!
+//! The upgrade request is admitted or refused ([`super::admission`]) before anything is
+//! allocated: a refused client gets an HTTP 401 or 403 and the worker never hears of it. An
+//! admitted session is held to its message size and request rate ([`super::limits`]) here;
+//! the worker holds it to its grants and allocation limits.
 //!
 //! Protocol decisions live in [`super::protoo`] and in the worker; this file only moves bytes.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::connect_info::IntoMakeServiceWithConnectInfo;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -22,8 +29,12 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::admission::{admit, Admission, AuthMode};
+use super::limits::{PeerLimits, TokenBucket};
 use super::protoo::{ClientRequest, Message, MAX_MESSAGE_BYTES};
+use crate::config::{Config, ConfigError};
 use crate::ids::{ConsumerId, PeerId, RoomId};
+use crate::worker::WorkerCounters;
 
 /// Identifies one signaling connection (a peer may reconnect on a new session).
 pub type SessionId = u64;
@@ -64,8 +75,8 @@ pub enum WorkerCommand {
         session: SessionId,
         /// Room from the URL.
         room: RoomId,
-        /// Peer from the URL.
-        peer: PeerId,
+        /// Peer from the URL, with the grants of its token and its limits.
+        peer: Admission,
         /// Where the worker sends this peer's messages.
         to_peer: mpsc::Sender<ToPeer>,
     },
@@ -94,30 +105,75 @@ pub enum WorkerCommand {
     },
 }
 
+/// What the signaling server takes from the node configuration.
+#[derive(Clone, Debug)]
+pub struct SignalingSettings {
+    /// Directory served at `/` (the demo page).
+    pub web_root: Option<PathBuf>,
+    /// Upper bound on concurrent signaling connections.
+    pub max_connections: usize,
+    /// Tokens, or anonymous loopback clients.
+    pub auth: AuthMode,
+    /// Limits of every peer.
+    pub limits: PeerLimits,
+    /// Where refusals and rate-limited requests are counted (exported on `/metrics`).
+    pub counters: Arc<WorkerCounters>,
+}
+
+impl SignalingSettings {
+    /// Settings from the node configuration (reads the token secret).
+    pub fn from_config(cfg: &Config, counters: Arc<WorkerCounters>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            web_root: cfg.web_root.clone(),
+            max_connections: cfg.max_signaling_connections,
+            auth: match cfg.auth_secret()? {
+                Some(secret) => AuthMode::Tokens(secret),
+                None => AuthMode::LoopbackOnly,
+            },
+            limits: cfg.peer_limits(),
+            counters,
+        })
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     worker: mpsc::Sender<WorkerCommand>,
     web_root: Option<PathBuf>,
     next_session: Arc<AtomicU64>,
     connections: Arc<Semaphore>,
+    auth: Arc<AuthMode>,
+    limits: PeerLimits,
+    counters: Arc<WorkerCounters>,
 }
 
-/// The signaling HTTP router: WebSocket upgrade and demo page on `/`, static files below it.
+/// The signaling HTTP service: WebSocket upgrade and demo page on `/`, static files below it.
+/// It needs each connection's remote address (anonymous joins are for loopback clients only),
+/// hence the connect-info service, which `axum::serve` takes as it takes a router.
 pub fn router(
     worker: mpsc::Sender<WorkerCommand>,
-    web_root: Option<PathBuf>,
-    max_connections: usize,
-) -> Router {
+    settings: SignalingSettings,
+) -> IntoMakeServiceWithConnectInfo<Router, SocketAddr> {
+    match &settings.auth {
+        AuthMode::Tokens(_) => tracing::info!("signaling: tokens required"),
+        AuthMode::LoopbackOnly => tracing::warn!(
+            "signaling: anonymous joins allowed from loopback only (no --auth-secret-file)"
+        ),
+    }
     let state = AppState {
         worker,
-        web_root,
+        web_root: settings.web_root,
         next_session: Arc::new(AtomicU64::new(1)),
-        connections: Arc::new(Semaphore::new(max_connections)),
+        connections: Arc::new(Semaphore::new(settings.max_connections)),
+        auth: Arc::new(settings.auth),
+        limits: settings.limits,
+        counters: settings.counters,
     };
     Router::new()
         .route("/", get(root))
         .fallback(get(static_file))
         .with_state(state)
+        .into_make_service_with_connect_info::<SocketAddr>()
 }
 
 #[derive(Deserialize)]
@@ -125,14 +181,17 @@ pub fn router(
 struct PeerQuery {
     room_id: Option<String>,
     peer_id: Option<String>,
+    token: Option<String>,
 }
 
-fn valid_id(s: &str) -> bool {
+/// Room and peer ids: 1-128 characters, no control characters.
+pub fn valid_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && !s.chars().any(|c| c.is_control())
 }
 
 async fn root(
     State(state): State<AppState>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Query(q): Query<PeerQuery>,
     uri: Uri,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -154,6 +213,31 @@ async fn root(
         )
             .into_response();
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let grants = match admit(
+        &state.auth,
+        remote.ip(),
+        &room,
+        &peer,
+        q.token.as_deref(),
+        now,
+    ) {
+        Ok(g) => g,
+        Err(r) => {
+            state
+                .counters
+                .signaling_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%remote, %room, %peer, reason = r.reason, "signaling connection refused");
+            let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN);
+            if status == StatusCode::UNAUTHORIZED {
+                return (status, [(header::WWW_AUTHENTICATE, "Bearer")], r.message).into_response();
+            }
+            return (status, r.message).into_response();
+        }
+    };
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -163,28 +247,64 @@ async fn root(
     };
     let session = state.next_session.fetch_add(1, Ordering::Relaxed);
     let worker = state.worker.clone();
+    let admission = Admission {
+        peer: PeerId::from(peer),
+        grants,
+        limits: state.limits,
+    };
+    let counters = state.counters.clone();
+    // The hard cap bounds what is buffered; messages between the configured limit and it are
+    // read whole, so that the peer is told why it is closed.
     ws.protocols(["protoo"])
         .max_message_size(MAX_MESSAGE_BYTES)
+        .max_frame_size(MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| async move {
             run_session(
                 socket,
                 worker,
                 session,
                 RoomId::from(room),
-                PeerId::from(peer),
+                admission,
+                counters,
             )
             .await;
             drop(permit);
         })
 }
 
+/// WebSocket close code for a message over the size limit (RFC 6455 "Message Too Big").
+const CLOSE_TOO_BIG: u16 = 1009;
+
 async fn run_session(
     socket: WebSocket,
     worker: mpsc::Sender<WorkerCommand>,
     session: SessionId,
     room: RoomId,
-    peer: PeerId,
+    peer: Admission,
+    counters: Arc<WorkerCounters>,
 ) {
+    let limits = peer.limits;
+    let mut bucket = TokenBucket::new(
+        tokio::time::Instant::now().into_std(),
+        limits.requests_per_sec,
+        limits.request_burst,
+    );
+    let too_big = |len: Option<usize>| {
+        let reason = match len {
+            Some(n) => format!(
+                "message of {n} bytes exceeds the {}-byte limit",
+                limits.max_message_bytes
+            ),
+            None => format!(
+                "message exceeds the {}-byte limit",
+                limits.max_message_bytes
+            ),
+        };
+        WsMessage::Close(Some(CloseFrame {
+            code: CLOSE_TOO_BIG,
+            reason: reason.into(),
+        }))
+    };
     let (to_peer, mut from_worker) = mpsc::channel(PEER_QUEUE);
     if worker
         .send(WorkerCommand::Open {
@@ -211,13 +331,38 @@ async fn run_session(
                 let text = match frame {
                     Some(Ok(WsMessage::Text(t))) => t,
                     Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-                    Some(Ok(WsMessage::Binary(_))) => {
+                    Some(Ok(WsMessage::Binary(b))) => {
+                        if b.len() > limits.max_message_bytes {
+                            let _ = sink.send(too_big(Some(b.len()))).await;
+                            break;
+                        }
                         tracing::debug!(session, "binary frame ignored");
                         continue;
                     }
+                    Some(Err(e)) => {
+                        if is_capacity_error(e) {
+                            tracing::info!(session, "signaling message over the hard size cap; closing");
+                            let _ = sink.send(too_big(None)).await;
+                        }
+                        break;
+                    }
                     _ => break,
                 };
+                if text.len() > limits.max_message_bytes {
+                    tracing::info!(session, len = text.len(), "signaling message over the size limit; closing");
+                    let _ = sink.send(too_big(Some(text.len()))).await;
+                    break;
+                }
                 match Message::parse(text.as_str()) {
+                    Ok(Message::Request { id, .. }) if !bucket.try_take(tokio::time::Instant::now().into_std()) => {
+                        counters.signaling_rate_limited.fetch_add(1, Ordering::Relaxed);
+                        let reason = format!(
+                            "too many requests: at most {} per second, bursts of {}",
+                            limits.requests_per_sec, limits.request_burst
+                        );
+                        let t = Message::Error { id, code: 429, reason }.to_text();
+                        if sink.send(WsMessage::Text(t.into())).await.is_err() { break; }
+                    }
                     Ok(Message::Request { id, method, data }) => {
                         let reply_text = match ClientRequest::parse(&method, data) {
                             Err(e) => Some(Message::Error { id, code: e.code(), reason: e.to_string() }.to_text()),
@@ -292,6 +437,13 @@ async fn run_session(
     }
     let _ = sink.close().await;
     let _ = worker.send(WorkerCommand::Closed { session }).await;
+}
+
+/// Whether a read failed because the message exceeded the hard cap.
+fn is_capacity_error(e: axum::Error) -> bool {
+    e.into_inner()
+        .downcast::<tokio_tungstenite::tungstenite::Error>()
+        .is_ok_and(|e| matches!(*e, tokio_tungstenite::tungstenite::Error::Capacity(_)))
 }
 
 /// Serves a file below the web root; `/` serves `index.html`.

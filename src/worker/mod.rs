@@ -32,6 +32,7 @@ use crate::ids::{ConsumerId, NodeId, PeerId, ProducerId, RoomId, TransportId};
 use crate::pipe::wire::ControlMessage;
 use crate::router::ortc;
 use crate::router::rtp_parameters::RtpCapabilities;
+use crate::signaling::admission::Admission;
 use crate::signaling::protoo::ClientRequest;
 use crate::signaling::server::{SessionId, ToPeer};
 use crate::timing::WORKER_TICK;
@@ -207,6 +208,9 @@ counters! {
     pipe_unknown_stream: "Pipe datagrams naming no stream subscribed (late or stray).",
     pipe_malformed: "Pipe datagrams or RTCP in them that did not parse.",
     pipe_control_refused: "Pipe control messages refused (unknown room, producer or request).",
+    sessions_opened: "Signaling sessions opened (admitted peers).",
+    signaling_refused: "Signaling connections refused before the upgrade (no, invalid or foreign token; anonymous non-loopback client).",
+    signaling_rate_limited: "Signaling requests refused by the per-peer rate limit.",
 }
 
 /// Error answer to a signaling request: protoo `errorCode` and `errorReason`.
@@ -333,14 +337,20 @@ impl Worker {
     }
 
     /// A signaling session opened for (room, peer). A previous session of the same peer is
-    /// closed and the peer replaced, as mediasoup-demo does.
+    /// closed and the peer replaced, as mediasoup-demo does. `peer` carries the peer's grants
+    /// and limits (a bare [`PeerId`] gets every grant and the default limits).
     pub fn handle_session_open(
         &mut self,
         now: Instant,
         session: SessionId,
         room_id: RoomId,
-        peer_id: PeerId,
+        peer: impl Into<Admission>,
     ) {
+        let admission = peer.into();
+        let peer_id = admission.peer.clone();
+        self.counters
+            .sessions_opened
+            .fetch_add(1, Ordering::Relaxed);
         let old_session = self
             .rooms
             .get(&room_id)
@@ -372,7 +382,7 @@ impl Worker {
             });
             return;
         }
-        room.add_peer(peer_id.clone(), session);
+        room.add_peer(admission, session);
         self.sessions.insert(session, (room_id, peer_id));
         self.settle(now);
     }
@@ -609,7 +619,6 @@ impl Worker {
         peer_id: &PeerId,
         d: crate::signaling::protoo::CreateTransportData,
     ) -> Result<Value, RequestFailure> {
-        const MAX_TRANSPORTS_PER_PEER: usize = 8;
         let room = self
             .rooms
             .get_mut(room_id)
@@ -618,8 +627,20 @@ impl Worker {
             .peers
             .get_mut(peer_id)
             .ok_or_else(|| not_found("peer", peer_id.as_str()))?;
-        if peer.transports.len() >= MAX_TRANSPORTS_PER_PEER {
-            return Err(bad_request("too many transports for this peer"));
+        if d.producing && !peer.grants.can_publish {
+            return Err((403, "not allowed to publish (no canPublish grant)".into()));
+        }
+        if d.consuming && !peer.grants.can_subscribe {
+            return Err((
+                403,
+                "not allowed to subscribe (no canSubscribe grant)".into(),
+            ));
+        }
+        let max = peer.limits.max_transports;
+        if peer.transports.len() >= max {
+            return Err(bad_request(format!(
+                "too many transports for this peer (limit {max})"
+            )));
         }
         let id = TransportId::random();
         let t = Transport::new(
@@ -695,6 +716,14 @@ impl Worker {
         rtp_parameters: Value,
         app_data: Value,
     ) -> Result<Value, RequestFailure> {
+        let may_publish = self
+            .rooms
+            .get(room_id)
+            .and_then(|r| r.peers.get(peer_id))
+            .is_some_and(|p| p.grants.can_publish);
+        if !may_publish {
+            return Err((403, "not allowed to publish (no canPublish grant)".into()));
+        }
         let t = self.owned_transport(peer_id, transport_id)?;
         if !t.producing {
             return Err(bad_request("transport was not created for producing"));

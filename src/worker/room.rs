@@ -9,10 +9,13 @@ use serde_json::{json, Value};
 
 use super::media::{Consumer, Producer, Source};
 use super::{bad_request, not_found, Note, Output, Outputs, RequestFailure, Transport};
+use crate::auth::Grants;
 use crate::ids::{ConsumerId, PeerId, ProducerId, RoomId, TransportId};
 use crate::pipe::wire::ControlMessage;
 use crate::router::ortc;
 use crate::router::rtp_parameters::{MediaKind, RtpCapabilities, RtpParameters};
+use crate::signaling::admission::Admission;
+use crate::signaling::limits::PeerLimits;
 use crate::signaling::protoo::ClientRequest;
 use crate::signaling::server::{SessionId, ToPeer};
 
@@ -32,6 +35,10 @@ pub struct Peer {
     pub rtp_capabilities: Option<RtpCapabilities>,
     /// Its transports.
     pub transports: Vec<TransportId>,
+    /// What its token allows.
+    pub grants: Grants,
+    /// How much it may allocate.
+    pub limits: PeerLimits,
 }
 
 impl Peer {
@@ -73,12 +80,15 @@ impl Room {
     }
 
     /// Registers a connected (not yet joined) peer.
-    pub fn add_peer(&mut self, id: PeerId, session: SessionId) {
+    pub fn add_peer(&mut self, admission: Admission, session: SessionId) {
+        let id = admission.peer;
         self.peers.insert(
             id.clone(),
             Peer {
                 id,
                 session,
+                grants: admission.grants,
+                limits: admission.limits,
                 joined: false,
                 display_name: String::new(),
                 device: Value::Null,
@@ -170,15 +180,20 @@ impl Room {
         if !peer.joined {
             return Err((403, "join before producing".into()));
         }
-        const MAX_PRODUCERS_PER_PEER: usize = 16;
-        if self
-            .producers
-            .values()
-            .filter(|p| &p.peer == peer_id)
-            .count()
-            >= MAX_PRODUCERS_PER_PEER
-        {
-            return Err(bad_request("too many producers for this peer"));
+        if !peer.grants.can_publish {
+            return Err((403, "not allowed to publish (no canPublish grant)".into()));
+        }
+        let max = peer.limits.max_producers;
+        let open: usize = peer
+            .transports
+            .iter()
+            .filter_map(|t| transports.get(t))
+            .map(|t| t.producers.len())
+            .sum();
+        if open >= max {
+            return Err(bad_request(format!(
+                "too many producers for this peer (limit {max})"
+            )));
         }
         let kind = match kind {
             "audio" => MediaKind::Audio,
@@ -234,6 +249,19 @@ impl Room {
         let Some(caps) = &peer.rtp_capabilities else {
             return;
         };
+        if !peer.grants.can_subscribe {
+            return;
+        }
+        let open: usize = peer
+            .transports
+            .iter()
+            .filter_map(|t| transports.get(t))
+            .map(|t| t.consumers.len())
+            .sum();
+        if open >= peer.limits.max_consumers {
+            tracing::debug!(peer = %peer_id, producer = %producer_id, limit = peer.limits.max_consumers, "consumer limit reached; producer not offered");
+            return;
+        }
         let Some(producer) = self.producers.get_mut(producer_id) else {
             return;
         };

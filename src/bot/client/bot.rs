@@ -45,6 +45,8 @@ pub struct BotOptions {
     pub tcp: bool,
     /// Seed of ICE ufrags and media randomness.
     pub seed: u64,
+    /// Room token (`pipemesh token`), sent as the `token` query parameter.
+    pub token: Option<String>,
 }
 
 impl BotOptions {
@@ -60,6 +62,7 @@ impl BotOptions {
             consume: true,
             tcp: false,
             seed: rand::rng().random(),
+            token: None,
         }
     }
 }
@@ -121,8 +124,13 @@ impl Bot {
     /// Joins a room as mediasoup-demo does: capabilities, transports, `join`, then `produce`.
     /// Returns once the producers exist; media starts when each transport's DTLS completes.
     pub async fn join(opts: BotOptions) -> Result<Bot, BotError> {
-        let (signaling, mut server_rx) =
-            SignalingClient::connect(&opts.server, &opts.room, &opts.peer_id).await?;
+        let (signaling, mut server_rx) = SignalingClient::connect_with_token(
+            &opts.server,
+            &opts.room,
+            &opts.peer_id,
+            opts.token.as_deref(),
+        )
+        .await?;
         let caps = signaling
             .request("getRouterRtpCapabilities", json!({}))
             .await?;

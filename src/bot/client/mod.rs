@@ -36,7 +36,8 @@ pub use params::{
     ProducerParameters, TransportInfo,
 };
 pub use protoo::{
-    signaling_url, Incoming, ProtooClientCore, ServerMessage, SignalingClient, MAX_PENDING_REQUESTS,
+    signaling_url, signaling_url_with_token, Incoming, ProtooClientCore, ServerMessage,
+    SignalingClient, MAX_PENDING_REQUESTS,
 };
 pub use transport::{BotTransport, SourceConfig, StreamStats, TransportState};
 

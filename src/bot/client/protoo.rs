@@ -199,6 +199,21 @@ pub fn signaling_url(server: &str, room: &str, peer: &str) -> String {
     format!("{base}/?roomId={}&peerId={}", enc(room), enc(peer))
 }
 
+/// [`signaling_url`] with `&token=…` when a room token is given.
+pub fn signaling_url_with_token(
+    server: &str,
+    room: &str,
+    peer: &str,
+    token: Option<&str>,
+) -> String {
+    let url = signaling_url(server, room, peer);
+    match token {
+        // JWTs are base64url and dots: nothing to escape.
+        Some(t) => format!("{url}&token={t}"),
+        None => url,
+    }
+}
+
 impl SignalingClient {
     /// Connects to `ws://…/?roomId=room&peerId=peer` with the `protoo` subprotocol. Requests
     /// and notifications from the node arrive on the returned receiver.
@@ -207,7 +222,17 @@ impl SignalingClient {
         room: &str,
         peer: &str,
     ) -> Result<(Self, mpsc::Receiver<ServerMessage>), BotError> {
-        let url = signaling_url(server, room, peer);
+        Self::connect_with_token(server, room, peer, None).await
+    }
+
+    /// [`SignalingClient::connect`] with a room token in the URL.
+    pub async fn connect_with_token(
+        server: &str,
+        room: &str,
+        peer: &str,
+        token: Option<&str>,
+    ) -> Result<(Self, mpsc::Receiver<ServerMessage>), BotError> {
+        let url = signaling_url_with_token(server, room, peer, token);
         let connect_err = |reason: String| BotError::Connect {
             url: url.clone(),
             reason,

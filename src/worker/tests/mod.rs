@@ -30,6 +30,7 @@ const OPUS_PT: u8 = 111;
 
 mod answers;
 mod feedback;
+mod grants;
 mod pipes;
 
 const CONSENT: Duration = Duration::from_secs(5);
@@ -249,7 +250,7 @@ impl Harness {
         let s = self.next_session;
         self.next_session += 1;
         self.w
-            .handle_session_open(self.now, s, room.into(), peer.into());
+            .handle_session_open(self.now, s, room.into(), crate::ids::PeerId::from(peer));
         s
     }
 
@@ -578,7 +579,7 @@ fn transports_per_peer_are_bounded() {
     let mut h = Harness::new();
     let a = h.open("alice");
     let b = h.open("bob");
-    for _ in 0..8 {
+    for _ in 0..crate::signaling::limits::PeerLimits::default().max_transports {
         h.transport(a, true, true);
     }
     let e = h.err(a, "createWebRtcTransport", json!({}));
