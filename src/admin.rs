@@ -35,6 +35,15 @@ const INSPECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum Inspect {
     /// The directory's view of the cluster as JSON (`null` when the directory has none).
     Cluster(oneshot::Sender<Value>),
+    /// How many signaling sessions are open.
+    Sessions(oneshot::Sender<usize>),
+    /// Drain (or serve again); at `deadline_ms` (Unix milliseconds) close what is left.
+    Drain {
+        /// Drain or serve.
+        draining: bool,
+        /// When to close the remaining sessions, if ever.
+        deadline_ms: Option<u64>,
+    },
 }
 
 /// What the admin endpoint reads.
@@ -76,6 +85,17 @@ async fn healthz(State(s): State<AdminState>) -> Json<Value> {
 }
 
 async fn readyz(State(s): State<AdminState>) -> (StatusCode, Json<Value>) {
+    if s.node.draining.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "draining",
+                "nodeId": s.node_id,
+                "registry": s.registry_kind,
+                "reason": "the node is draining: it takes no new peers",
+            })),
+        );
+    }
     let status = s.registry.as_ref().map(|r| r.borrow().clone());
     match status {
         Some(st) if !st.connected => (

@@ -85,6 +85,9 @@ pub struct Config {
     /// Seconds consumers of a remote producer wait without media (pipe link down) before they
     /// are closed and their peers told `consumerClosed`.
     pub pipe_grace_secs: u64,
+    /// On SIGTERM/SIGINT, seconds the node drains (no new peers, sessions go on) before it
+    /// closes what is left and stops; 0 stops at once.
+    pub drain_deadline_secs: u64,
     /// Seconds a pipe link no room needs any more stays open (rooms that empty and refill do
     /// not redial). Links to static peers are always needed.
     pub pipe_idle_linger_secs: u64,
@@ -196,6 +199,7 @@ impl Default for Config {
             node_key: None,
             insecure_pipes: false,
             pipe_grace_secs: 10,
+            drain_deadline_secs: 30,
             pipe_idle_linger_secs: 30,
             pipe_announced_address: None,
             signaling_url: None,
@@ -286,6 +290,9 @@ pub struct ServeArgs {
     /// Seconds remote consumers wait for a broken pipe link before closing [default: 10]
     #[arg(long, env = "PIPEMESH_PIPE_GRACE_SECS")]
     pub pipe_grace_secs: Option<u64>,
+    /// Seconds to drain on SIGTERM before stopping; 0 stops at once [default: 30]
+    #[arg(long, env = "PIPEMESH_DRAIN_DEADLINE_SECS")]
+    pub drain_deadline_secs: Option<u64>,
     /// Seconds an unneeded pipe link stays open [default: 30]
     #[arg(long, env = "PIPEMESH_PIPE_IDLE_LINGER_SECS")]
     pub pipe_idle_linger_secs: Option<u64>,
@@ -443,6 +450,9 @@ impl Config {
         if let Some(v) = a.pipe_grace_secs {
             self.pipe_grace_secs = v;
         }
+        if let Some(v) = a.drain_deadline_secs {
+            self.drain_deadline_secs = v;
+        }
         if let Some(v) = a.pipe_idle_linger_secs {
             self.pipe_idle_linger_secs = v;
         }
@@ -557,6 +567,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "pipes",
                 reason: "pipes need --cluster-ca, --node-cert and --node-key (or --insecure-pipes for local experiments)".into(),
+            });
+        }
+        if self.drain_deadline_secs > 24 * 3600 {
+            return Err(ConfigError::Invalid {
+                name: "drain_deadline_secs",
+                reason: "must be at most 86400".into(),
             });
         }
         if self.pipe_idle_linger_secs == 0 || self.pipe_idle_linger_secs > 3600 {

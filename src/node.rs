@@ -72,6 +72,8 @@ pub enum NodeError {
 pub struct NodeCounters {
     /// TCP connections closed for bad framing.
     pub tcp_framing_errors: AtomicU64,
+    /// The node is draining: it takes no new peers (`/readyz` says so).
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// Addresses a started node listens on (useful when binding port 0).
@@ -90,6 +92,8 @@ pub struct NodeAddrs {
 /// How often the node's load figures are refreshed in its registry record (written only when
 /// they changed).
 const LOAD_PUBLISH_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a node draining before shutdown checks whether its sessions have ended.
+const DRAIN_POLL: Duration = Duration::from_millis(250);
 /// Admin questions queued for the worker task.
 const INSPECT_QUEUE: usize = 16;
 
@@ -117,12 +121,16 @@ enum Event {
 
 /// Binds everything and runs until `shutdown` resolves, then stops every task.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
-    let (addrs, stop, mut tasks) = start(cfg).await?;
+    let drain_deadline = Duration::from_secs(cfg.drain_deadline_secs);
+    let (addrs, stop, mut tasks, inspect) = start_node(cfg).await?;
     tracing::info!(
         signaling = %addrs.signaling, rtc = %addrs.rtc, admin = %addrs.admin,
         "pipemesh node serving"
     );
     shutdown.await;
+    if !drain_deadline.is_zero() {
+        drain_before_stop(&inspect, drain_deadline).await;
+    }
     tracing::info!("shutting down");
     let _ = stop.send(());
     while tasks.join_next().await.is_some() {}
@@ -130,11 +138,64 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     Ok(())
 }
 
+/// Drains the node (no new peers; placement and `/readyz` send clients elsewhere) and waits
+/// until its sessions have ended or `deadline` has passed.
+async fn drain_before_stop(inspect: &mpsc::Sender<Inspect>, deadline: Duration) {
+    let deadline_ms = unix_ms() + deadline.as_millis() as u64;
+    if inspect
+        .send(Inspect::Drain {
+            draining: true,
+            deadline_ms: Some(deadline_ms),
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if inspect.send(Inspect::Sessions(tx)).await.is_err() {
+            return;
+        }
+        let Ok(n) = rx.await else { return };
+        if n == 0 {
+            tracing::info!("drained: no sessions left");
+            return;
+        }
+        if tokio::time::Instant::now() >= until {
+            tracing::info!(
+                sessions = n,
+                "drain deadline passed; closing the remaining sessions"
+            );
+            return;
+        }
+        tracing::info!(sessions = n, left = ?until.saturating_duration_since(tokio::time::Instant::now()), "draining before shutdown");
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+}
+
 /// Binds the listeners and spawns the node's tasks. Sending on the returned broadcast stops
 /// them; the join set completes when all have finished.
 pub async fn start(
     cfg: Config,
 ) -> Result<(NodeAddrs, broadcast::Sender<()>, JoinSet<()>), NodeError> {
+    let (addrs, stop, tasks, _) = start_node(cfg).await?;
+    Ok((addrs, stop, tasks))
+}
+
+/// [`start`], also returning the channel of questions to the worker task.
+async fn start_node(
+    cfg: Config,
+) -> Result<
+    (
+        NodeAddrs,
+        broadcast::Sender<()>,
+        JoinSet<()>,
+        mpsc::Sender<Inspect>,
+    ),
+    NodeError,
+> {
     let bind = |what, addr, source| NodeError::Bind { what, addr, source };
     let udp = UdpSocket::bind(cfg.rtc_listen)
         .await
@@ -252,6 +313,7 @@ pub async fn start(
         pipe_events,
         registry_io,
         inspect_rx,
+        counters.clone(),
         stop.subscribe(),
     ));
     tasks.spawn(tcp_accept(tcp, ev_tx, counters.clone(), stop.subscribe()));
@@ -284,7 +346,7 @@ pub async fn start(
         static_peers: pipe_peers,
         registry: registry_status,
         registry_kind,
-        inspect: inspect_tx,
+        inspect: inspect_tx.clone(),
     });
     let mut s = stop.subscribe();
     tasks.spawn(async move {
@@ -297,7 +359,7 @@ pub async fn start(
             tracing::error!(error = %e, "admin server failed");
         }
     });
-    Ok((addrs, stop, tasks))
+    Ok((addrs, stop, tasks, inspect_tx))
 }
 
 /// Starts the pipe endpoint when pipes are configured: the identity from the cluster PKI (or
@@ -512,8 +574,11 @@ async fn worker_task(
         mpsc::Receiver<RegistryUpdate>,
     )>,
     mut inspect: mpsc::Receiver<Inspect>,
+    counters: Arc<NodeCounters>,
     mut stop: broadcast::Receiver<()>,
 ) {
+    // When an operator's drain deadline passes, the sessions still open are closed.
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
     let mut load_tick = tokio::time::interval(LOAD_PUBLISH_INTERVAL);
     load_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sessions: HashMap<SessionId, mpsc::Sender<ToPeer>> = HashMap::new();
@@ -582,7 +647,25 @@ async fn worker_task(
                 Inspect::Cluster(reply) => {
                     let _ = reply.send(worker.cluster_view_json());
                 }
+                Inspect::Sessions(reply) => {
+                    let _ = reply.send(worker.session_count());
+                }
+                Inspect::Drain { draining, deadline_ms } => {
+                    worker.set_draining(Instant::now(), draining, deadline_ms);
+                }
             },
+            _ = async {
+                match drain_deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                drain_deadline = None;
+                tracing::info!(sessions = sessions.len(), "drain deadline reached; closing the remaining sessions");
+                for tx in sessions.values() {
+                    let _ = tx.try_send(ToPeer::Close);
+                }
+            }
             _ = load_tick.tick() => worker.publish_load(Instant::now(), unix_ms()),
             _ = sleep => worker.handle_timeout(Instant::now()),
         }
@@ -672,6 +755,19 @@ async fn worker_task(
                         if let Some(p) = &pipe {
                             p.unwant(node.as_str());
                         }
+                    }
+                    Output::Drain {
+                        draining,
+                        deadline_ms,
+                    } => {
+                        counters.draining.store(draining, Ordering::Relaxed);
+                        drain_deadline = match (draining, deadline_ms) {
+                            (true, Some(ms)) => Some(
+                                tokio::time::Instant::now()
+                                    + Duration::from_millis(ms.saturating_sub(unix_ms())),
+                            ),
+                            _ => None,
+                        };
                     }
                     Output::Registry(op) => {
                         if let Some((ops, _)) = &registry {

@@ -810,3 +810,154 @@ async fn placement_prefers_region_then_room_then_load() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn drain_moves_placement_away_while_sessions_keep_their_media() {
+    long_test(Duration::from_secs(90), async {
+        let etcd = Etcd::start().await;
+        let ttl = format!("--etcd-lease-ttl-secs={LEASE_TTL_SECS}");
+        let mut nodes: Vec<NodeProcess> = ["n1", "n2"]
+            .iter()
+            .map(|id| {
+                NodeProcess::spawn(
+                    id,
+                    &etcd.endpoint(),
+                    "test",
+                    &[&ttl, "--region=eu", "--drain-deadline-secs=2"],
+                )
+            })
+            .collect();
+        for n in &mut nodes {
+            n.wait_ready(Duration::from_secs(20)).await;
+        }
+        let _p = publisher(&nodes[1], "r", "pub").await;
+        let mut c = consumer(&nodes[0], "r", "c").await;
+        wait_media(&mut c, 2, 20).await;
+        let assigned = |n: &NodeProcess, room: &str| {
+            let admin = n.admin;
+            let path = format!("/api/v1/rooms/{room}/assign?region=eu");
+            async move {
+                let (status, body) = common::process::http_get(admin, &path)
+                    .await
+                    .expect("admin");
+                assert_eq!(status, 200, "{body}");
+                let v: Value = serde_json::from_str(&body).expect("json");
+                v["nodeId"].as_str().unwrap_or("").to_owned()
+            }
+        };
+        // Both host r; the lighter one (n1: one consumer peer vs n2's publisher: equal peers,
+        // fewer consumers on n2) is whatever the rule says: note it, then drain n1.
+        let mut client = etcd.client().await;
+        let drain_key = "/pipemesh/test/drain/n1";
+        let t_drain = Instant::now();
+        client
+            .put(drain_key, r#"{"requestedAtMs":0,"reason":"test"}"#, None)
+            .await
+            .unwrap();
+        wait_readyz(&nodes[0], 503, WAIT).await;
+        let body = common::process::http_get(nodes[0].admin, "/readyz")
+            .await
+            .unwrap()
+            .1;
+        assert!(body.contains("draining"), "{body}");
+        // Every node sees n1 draining, and places no new client of r (or any room) on it.
+        for n in &nodes {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let v = node_view(n, "n1").await;
+                if v.as_ref()
+                    .is_some_and(|v| v["record"]["state"] == "draining")
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: n1 not draining: {v:?}",
+                    n.id
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(assigned(n, "r").await, "n2", "{}", n.id);
+            assert_eq!(assigned(n, "other").await, "n2", "{}", n.id);
+        }
+        eprintln!(
+            "drain of n1 seen cluster-wide {:?} after the request",
+            t_drain.elapsed()
+        );
+        // n1's existing session keeps its media, without a gap.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for s in &c.stats().await.expect("stats") {
+            let gap = s.stats.longest_gap_since(t_drain);
+            assert!(
+                gap.unwrap_or_default() <= Duration::from_millis(200),
+                "{gap:?}"
+            );
+            let last = s.stats.last_arrival().expect("media");
+            assert!(
+                last.elapsed() < Duration::from_millis(200),
+                "media still flowing"
+            );
+        }
+        // Undrain: serving and ready again.
+        client.delete(drain_key, None).await.unwrap();
+        wait_readyz(&nodes[0], 200, WAIT).await;
+        // A drain with a deadline closes what is left when it passes.
+        let deadline_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            + 1000;
+        client
+            .put(
+                drain_key,
+                format!(r#"{{"requestedAtMs":0,"deadlineMs":{deadline_ms},"reason":"test"}}"#),
+                None,
+            )
+            .await
+            .unwrap();
+        let t0 = Instant::now();
+        let closed = c.wait_event("signaling closed", Duration::from_secs(10), |e| {
+            matches!(e, BotEvent::Closed)
+        });
+        closed.await.expect("the session is closed at the deadline");
+        let at = t0.elapsed();
+        eprintln!("drain deadline 1 s: session closed after {at:?}");
+        assert!(
+            at >= Duration::from_millis(700),
+            "closed before the deadline: {at:?}"
+        );
+        client.delete(drain_key, None).await.unwrap();
+        wait_readyz(&nodes[0], 200, WAIT).await;
+
+        // SIGTERM drains too: not ready at once, the session goes on, the node stops at the
+        // 2 s deadline.
+        let mut c2 = consumer(&nodes[0], "r", "c2").await;
+        wait_media(&mut c2, 2, 20).await;
+        let t_term = Instant::now();
+        let pid_node = &mut nodes[0];
+        let term = tokio::spawn({
+            let admin = pid_node.admin;
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    if let Some((503, body)) = common::process::http_get(admin, "/readyz").await {
+                        return body;
+                    }
+                    assert!(Instant::now() < deadline, "never not-ready after SIGTERM");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        });
+        let status = pid_node.terminate().await.expect("running");
+        let body = term.await.unwrap();
+        assert!(body.contains("draining"), "{body}");
+        let took = t_term.elapsed();
+        eprintln!("SIGTERM with a session open: drained and stopped after {took:?} (deadline 2 s)");
+        assert!(status.success(), "{status}");
+        assert!(
+            took >= Duration::from_millis(1500),
+            "stopped before the deadline: {took:?}"
+        );
+    })
+    .await;
+}

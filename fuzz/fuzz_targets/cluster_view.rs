@@ -160,6 +160,8 @@ fn replay(
                 .expect("producer known");
             p.producers.remove(i);
         }
+        // Drain requests are not part of the remote view.
+        DirectoryEvent::LocalDrain { .. } => {}
         DirectoryEvent::NodeGone { node } => {
             assert!(!shown.keys().any(|(_, n, _)| n == &node), "gone but shown");
         }

@@ -56,8 +56,8 @@ use crate::discovery::directory::{
     RoomDirectory,
 };
 use crate::discovery::keys::{
-    self, NodeLoad, NodeRecord, NodeState, ParsedKey, PeerRecord, ProducerRecord, RoomHostRecord,
-    MAX_KEY_LEN, MAX_VALUE_LEN,
+    self, DrainRecord, NodeLoad, NodeRecord, NodeState, ParsedKey, PeerRecord, ProducerRecord,
+    RoomHostRecord, MAX_KEY_LEN, MAX_VALUE_LEN,
 };
 use crate::discovery::local::{count_refused, LocalRooms};
 use crate::discovery::registry::{RegistryOp, RegistryUpdate};
@@ -270,6 +270,8 @@ pub struct ClusterDirectory {
     remotes: BTreeMap<NodeId, Remote>,
     /// What the worker was told, by node then room (non-empty maps only).
     exposed: BTreeMap<NodeId, BTreeMap<RoomId, Peers>>,
+    /// Operators' drain requests (`drain/<node>`), by node.
+    drains: BTreeMap<NodeId, DrainRecord>,
     events: VecDeque<DirectoryEvent>,
     stats: ClusterStats,
 }
@@ -289,6 +291,7 @@ impl ClusterDirectory {
             cache: Cache::default(),
             remotes: BTreeMap::new(),
             exposed: BTreeMap::new(),
+            drains: BTreeMap::new(),
             events: VecDeque::new(),
             stats: ClusterStats::default(),
         };
@@ -389,6 +392,10 @@ impl ClusterDirectory {
             Some(v) => self.cache.raw.insert(raw_key, v),
             None => self.cache.raw.remove(&raw_key),
         };
+        if let Some(node) = keys::parse_drain_key(key) {
+            self.apply_drain(key, node, value);
+            return;
+        }
         let parsed = match keys::parse_key(key) {
             Ok(p) => p,
             Err(e) => {
@@ -420,6 +427,49 @@ impl ClusterDirectory {
         if let Some(room) = parsed.room() {
             rooms.insert(room.clone());
         }
+    }
+
+    /// An operator's drain request appeared, changed or went away. Only this node's own
+    /// request becomes an event ([`DirectoryEvent::LocalDrain`]); others are shown in the view.
+    fn apply_drain(
+        &mut self,
+        key: &[u8],
+        node: Result<NodeId, keys::KeyError>,
+        value: Option<&[u8]>,
+    ) {
+        let node = match node {
+            Ok(n) => n,
+            Err(e) => {
+                if value.is_some() {
+                    self.malformed(key, &e);
+                }
+                return;
+            }
+        };
+        let record = match value.map(keys::parse_value::<DrainRecord>) {
+            None => None,
+            Some(Ok(r)) => Some(r),
+            Some(Err(e)) => {
+                // A request we cannot read still asks for a drain: without a deadline.
+                self.malformed(key, &e);
+                Some(DrainRecord::default())
+            }
+        };
+        let before = match &record {
+            Some(r) => self.drains.insert(node.clone(), r.clone()),
+            None => self.drains.remove(&node),
+        };
+        if node == self.local.node_id && before != record {
+            self.events.push_back(DirectoryEvent::LocalDrain {
+                draining: record.is_some(),
+                deadline_ms: record.and_then(|r| r.deadline_ms),
+            });
+        }
+    }
+
+    /// Operators' drain requests, by node.
+    pub fn drains(&self) -> &BTreeMap<NodeId, DrainRecord> {
+        &self.drains
     }
 
     fn malformed(&mut self, key: &[u8], error: &dyn std::error::Error) {

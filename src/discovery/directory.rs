@@ -82,6 +82,14 @@ pub enum DirectoryEvent {
         /// The producer.
         producer_id: ProducerId,
     },
+    /// An operator asked this node to drain (or took the request back): stop taking new peers;
+    /// close the remaining sessions at `deadline_ms` (Unix milliseconds) if one is set.
+    LocalDrain {
+        /// Drain (true) or serve again (false).
+        draining: bool,
+        /// When to close what is left, if ever.
+        deadline_ms: Option<u64>,
+    },
     /// Every entry of `node` was removed (the individual removals were emitted first).
     NodeGone {
         /// The node.

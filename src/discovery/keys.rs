@@ -112,6 +112,20 @@ pub struct RoomHostRecord {
     pub since_ms: u64,
 }
 
+/// `drain/<node>`: an operator asks the node to drain (`pipemesh drain`). Not bound to any
+/// lease: it stays until `pipemesh undrain` deletes it, across restarts of the node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DrainRecord {
+    /// When the request was made (Unix milliseconds, the operator's clock).
+    pub requested_at_ms: u64,
+    /// After this (Unix milliseconds), the node closes the sessions it still has; `None`:
+    /// never, they end on their own.
+    pub deadline_ms: Option<u64>,
+    /// Who or why, for people reading `pipemesh nodes`.
+    pub reason: String,
+}
+
 /// `rooms/<room>/peers/<node>/<peer>`: a peer connected to the node.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -191,6 +205,9 @@ pub trait Record: Serialize + DeserializeOwned {
 
 impl Record for NodeRecord {
     const NAME: &'static str = "node record";
+}
+impl Record for DrainRecord {
+    const NAME: &'static str = "drain request";
 }
 impl Record for RoomHostRecord {
     const NAME: &'static str = "room host record";
@@ -441,6 +458,17 @@ pub fn parse_key(key: &[u8]) -> Result<ParsedKey, KeyError> {
 /// `nodes/<node>`.
 pub fn node_key(node: &NodeId) -> String {
     format!("nodes/{}", encode_segment(node.as_str()))
+}
+
+/// `drain/<node>`.
+pub fn drain_key(node: &NodeId) -> String {
+    format!("drain/{}", encode_segment(node.as_str()))
+}
+
+/// The node of a `drain/<node>` key; `None` when `key` is not a drain key at all.
+pub fn parse_drain_key(key: &[u8]) -> Option<Result<NodeId, KeyError>> {
+    let rest = key.strip_prefix(b"drain/")?;
+    Some(decode_node(rest))
 }
 
 /// `rooms/<room>/nodes/<node>`.

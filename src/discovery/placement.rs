@@ -163,6 +163,7 @@ mod tests {
             frozen: false,
             link: LinkView::Unknown,
             wanted: false,
+            drain: None,
         }
     }
 

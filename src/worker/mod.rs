@@ -124,6 +124,14 @@ pub enum Output {
     },
     /// A write this node owes the cluster registry.
     Registry(crate::discovery::registry::RegistryOp),
+    /// The node drains (takes no new peers; not ready) or serves again. At `deadline_ms`
+    /// (Unix milliseconds), if set, the glue closes the sessions still open.
+    Drain {
+        /// Draining or serving.
+        draining: bool,
+        /// When to close what is left.
+        deadline_ms: Option<u64>,
+    },
 }
 
 /// Something a room did that the worker must act on beyond the room (directory, pipe

@@ -225,6 +225,33 @@ impl Worker {
         self.settle(now);
     }
 
+    /// Drains this node (an operator's request, or SIGTERM): its registry record says
+    /// `draining`, so placement sends new clients elsewhere; sessions go on. `false` serves
+    /// again.
+    pub fn set_draining(&mut self, now: Instant, draining: bool, deadline_ms: Option<u64>) {
+        self.drain(draining, deadline_ms);
+        self.settle(now);
+    }
+
+    fn drain(&mut self, draining: bool, deadline_ms: Option<u64>) {
+        use crate::discovery::keys::NodeState;
+        tracing::info!(draining, ?deadline_ms, "node state changed");
+        self.directory.set_local_state(if draining {
+            NodeState::Draining
+        } else {
+            NodeState::Serving
+        });
+        self.outputs.push_back(Output::Drain {
+            draining,
+            deadline_ms,
+        });
+    }
+
+    /// Signaling sessions open on this node.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
     /// What the cluster registry reports (a listing or changes under the cluster prefix).
     pub fn handle_registry_update(
         &mut self,
@@ -967,6 +994,10 @@ impl Worker {
             DirectoryEvent::LinkUnwanted { node } => {
                 self.outputs.push_back(Output::PipeUnwanted { node });
             }
+            DirectoryEvent::LocalDrain {
+                draining,
+                deadline_ms,
+            } => self.drain(draining, deadline_ms),
         }
     }
 

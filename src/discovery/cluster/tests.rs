@@ -1197,6 +1197,8 @@ fn replay(
                 .expect("producer known");
             p.producers.remove(i);
         }
+        // Drain requests are not part of the remote view.
+        DirectoryEvent::LocalDrain { .. } => {}
         DirectoryEvent::NodeGone { node } => {
             assert!(!shown.keys().any(|(_, n, _)| n == &node), "gone but shown");
         }
@@ -1205,4 +1207,61 @@ fn replay(
         }
         DirectoryEvent::LinkUnwanted { node } => assert!(links.remove(&node), "unwanted twice"),
     }
+}
+
+#[test]
+fn only_this_nodes_drain_request_is_an_event_and_every_one_is_in_the_view() {
+    let mut d = ClusterDirectory::new(record(&NodeId::from("a")), DirectoryConfig::default());
+    while d.poll_event().is_some() {}
+    let drain = |node: &str, value: Option<&str>| KvChange {
+        key: format!("drain/{node}").into_bytes(),
+        value: value.map(|v| v.as_bytes().to_vec()),
+        mod_revision: 1,
+    };
+    let changes = |c: Vec<KvChange>| RegistryUpdate::Changes {
+        revision: 2,
+        changes: c,
+    };
+    // Another node's request: no event. Ours: an event with its deadline.
+    d.apply_registry(changes(vec![
+        drain("b", Some(r#"{"requestedAtMs":1}"#)),
+        drain(
+            "a",
+            Some(r#"{"requestedAtMs":1,"deadlineMs":5000,"reason":"x"}"#),
+        ),
+    ]));
+    let evs: Vec<DirectoryEvent> = std::iter::from_fn(|| d.poll_event()).collect();
+    assert_eq!(
+        evs,
+        [DirectoryEvent::LocalDrain {
+            draining: true,
+            deadline_ms: Some(5000)
+        }]
+    );
+    assert_eq!(d.drains().len(), 2);
+    // Unchanged: nothing; unreadable: still a drain, without deadline (and counted).
+    d.apply_registry(changes(vec![drain("a", Some("not json"))]));
+    assert_eq!(
+        d.poll_event(),
+        Some(DirectoryEvent::LocalDrain {
+            draining: true,
+            deadline_ms: None
+        })
+    );
+    assert_eq!(d.stats().malformed, 1);
+    // Withdrawn: serving again. Our own drain key is never "stale own" (no op deletes it).
+    d.apply_registry(changes(vec![drain("a", None)]));
+    assert_eq!(
+        d.poll_event(),
+        Some(DirectoryEvent::LocalDrain {
+            draining: false,
+            deadline_ms: None
+        })
+    );
+    assert!(std::iter::from_fn(|| d.poll_registry_op())
+        .all(|op| !matches!(&op, RegistryOp::Delete { key } if key.starts_with("drain/"))));
+    // A malformed drain key is skipped and counted.
+    d.apply_registry(changes(vec![drain("not%zzvalid", Some("{}"))]));
+    assert_eq!(d.stats().malformed, 2);
+    assert_eq!(d.poll_event(), None);
 }

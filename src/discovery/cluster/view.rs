@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::{ClusterDirectory, ClusterStats, Link};
-use crate::discovery::keys::NodeRecord;
+use crate::discovery::keys::{DrainRecord, NodeRecord};
 use crate::ids::{NodeId, PeerId, ProducerId, RoomId};
 use crate::router::rtp_parameters::MediaKind;
 
@@ -44,6 +44,9 @@ pub struct NodeView {
     pub link: LinkView,
     /// The worker is asked to keep a link to it.
     pub wanted: bool,
+    /// An operator's request that it drain (`pipemesh drain`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainRecord>,
 }
 
 /// A producer in a [`ClusterView`].
@@ -144,6 +147,7 @@ impl ClusterDirectory {
                 frozen: remote.is_some_and(|r| r.frozen.is_some()),
                 link,
                 wanted: remote.is_some_and(|r| r.wanted.is_some()),
+                drain: self.drains.get(id).cloned(),
             });
         }
 
