@@ -71,12 +71,12 @@ export class Session {
 
 	/**
 	 * The page `peerId` on `node` that produces its fake mic and simulcast webcam and consumes
-	 * nothing, once both producers exist. Opened on the first call; later calls (from any
+	 * nothing (`query` adds options, e.g. token=...), once both producers exist. Opened on the first call; later calls (from any
 	 * test) share it.
 	 */
-	producer(node, peerId) {
+	producer(node, peerId, query = '') {
 		return this.#once(peerId, async () => {
-			const peer = await this.open(node, peerId, 'consume=false');
+			const peer = await this.open(node, peerId, query ? `consume=false&${query}` : 'consume=false');
 			await waitReady(peer);
 			const s = await waitForStats(peer, (st) => st.producers === 2, { timeoutMs: 10000, what: `2 producers on ${peerId}` });
 			console.log(`${peerId} producing${node.label ? ` on ${node.label}` : ''}: ` +

@@ -64,6 +64,8 @@ function readOptions() {
 		consume: parseBool(q.get('consume'), true),
 		forceTcp: parseBool(q.get('forceTcp'), false),
 		simulcast: parseBool(q.get('simulcast'), true),
+		// A room token (`pipemesh token`), required by nodes started with --auth-secret-file.
+		token: q.get('token') || null,
 		server,
 	};
 }
@@ -394,7 +396,8 @@ function chromeVersion() {
 }
 
 function connect() {
-	const url = `${options.server}/?roomId=${encodeURIComponent(options.roomId)}&peerId=${encodeURIComponent(options.peerId)}`;
+	const url = `${options.server}/?roomId=${encodeURIComponent(options.roomId)}&peerId=${encodeURIComponent(options.peerId)}`
+		+ (options.token ? `&token=${encodeURIComponent(options.token)}` : '');
 	logEvent(`connecting to ${url}`);
 	setPhase('connecting');
 	const transport = new protooClient.WebSocketTransport(url);
