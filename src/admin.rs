@@ -1,8 +1,9 @@
 //! Admin HTTP endpoint: `/healthz` (the process is alive and serving), `/readyz` (it should get
 //! new clients: its cluster registry session is healthy), `/cluster` (this node's view of the
 //! cluster: nodes, rooms, peers, producers, links), `/api/v1/rooms/{room}/assign` (placement:
-//! which node a new client of a room should use) and `/metrics` with the node's counters in
-//! Prometheus text format.
+//! which node a new client of a room should use), `/api/v1/links` (this node's pipe links:
+//! RTT, loss, bitrate each way and piped producers, for `pipemesh topology`) and `/metrics`
+//! with the node's counters in Prometheus text format.
 //!
 //! Liveness and readiness differ on purpose: when etcd is unreachable, existing sessions keep
 //! their media, so the process is healthy (an orchestrator must not restart it), but it is not
@@ -22,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::discovery::cluster::ClusterView;
 use crate::discovery::placement;
 use crate::discovery::registry::RegistryStatus;
-use crate::ids::RoomId;
+use crate::ids::{NodeId, RoomId};
 use crate::node::NodeCounters;
 use crate::pipe::endpoint::PipeHandle;
 use crate::worker::WorkerCounters;
@@ -37,6 +38,9 @@ pub enum Inspect {
     Cluster(oneshot::Sender<Value>),
     /// How many signaling sessions are open.
     Sessions(oneshot::Sender<usize>),
+    /// Piped producers per remote node: (node, local producers piped there, its producers
+    /// piped here), as [`crate::worker::Worker::pipe_stream_counts`] counts them.
+    Links(oneshot::Sender<Vec<(NodeId, usize, usize)>>),
     /// Drain (or serve again); at `deadline_ms` (Unix milliseconds) close what is left.
     Drain {
         /// Drain or serve.
@@ -76,6 +80,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/cluster", get(cluster))
         .route("/api/v1/rooms/{room}/assign", get(assign))
+        .route("/api/v1/links", get(links))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -211,35 +216,100 @@ async fn assign(
     }
 }
 
+/// Nodes with a pipe slot, and static peers not yet linked; sorted.
+fn link_peers(s: &AdminState, handle: &PipeHandle) -> Vec<String> {
+    let mut peers = handle.peers();
+    for p in &s.static_peers {
+        if !peers.contains(p) {
+            peers.push(p.clone());
+        }
+    }
+    peers.sort_unstable();
+    peers
+}
+
+/// `GET /api/v1/links`: every pipe link of this node (see [`PipeHandle::stats`]):
+///
+/// ```json
+/// {"nodeId": "a", "links": [{"peer": "b", "up": true, "upSinceMs": 1700000000000,
+///   "rttMs": 0.41, "lossPercent": 0.0, "sentPackets": 5120, "lostPackets": 0,
+///   "congestionWindow": 14720, "bitrateInBps": 2400, "bitrateOutBps": 1480000,
+///   "datagramsIn": 12, "datagramsOut": 4410, "bytesIn": 900, "bytesOut": 3520000,
+///   "pipedStreamsOut": 2, "pipedStreamsIn": 0}]}
+/// ```
+///
+/// `rttMs` and `upSinceMs` are `null` while the link is down. Bitrates (media datagram
+/// payload, bits per second) and `lossPercent` cover the last few seconds
+/// ([`crate::timing::PIPE_RATE_WINDOW`]); packet and byte figures are totals since the node
+/// started. `pipedStreamsOut` counts local producers piped to the peer,
+/// `pipedStreamsIn` the peer's producers piped here (producers, not simulcast encodings);
+/// both are `null` if the worker did not answer in time. A node without pipes has no links.
+async fn links(State(s): State<AdminState>) -> Json<Value> {
+    let Some(handle) = &s.pipes else {
+        return Json(json!({"nodeId": s.node_id, "links": []}));
+    };
+    let (tx, rx) = oneshot::channel();
+    let counts = if s.inspect.send(Inspect::Links(tx)).await.is_ok() {
+        tokio::time::timeout(INSPECT_TIMEOUT, rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+    } else {
+        None
+    };
+    let links: Vec<Value> = link_peers(&s, handle)
+        .into_iter()
+        .filter_map(|peer| {
+            let st = handle.stats(&peer)?;
+            let piped = counts.as_ref().map(|c| {
+                c.iter()
+                    .find(|(n, _, _)| n.as_str() == peer)
+                    .map_or((0, 0), |&(_, out, inn)| (out, inn))
+            });
+            Some(json!({
+                "peer": peer,
+                "up": st.up,
+                "upSinceMs": st.up_since_ms,
+                "rttMs": st.up.then(|| st.rtt_us as f64 / 1000.0),
+                "lossPercent": st.loss_percent,
+                "sentPackets": st.sent_packets,
+                "lostPackets": st.lost_packets,
+                "congestionWindow": st.congestion_window,
+                "bitrateInBps": st.bitrate_in_bps,
+                "bitrateOutBps": st.bitrate_out_bps,
+                "datagramsIn": st.datagrams_in,
+                "datagramsOut": st.datagrams_out,
+                "bytesIn": st.bytes_in,
+                "bytesOut": st.bytes_out,
+                "pipedStreamsOut": piped.map(|p| p.0),
+                "pipedStreamsIn": piped.map(|p| p.1),
+            }))
+        })
+        .collect();
+    Json(json!({"nodeId": s.node_id, "links": links}))
+}
+
 async fn metrics(State(s): State<AdminState>) -> String {
     let mut out = String::new();
-    let mut line = |name: &str, v: u64| {
-        out.push_str(&format!("pipemesh_{name} {v}\n"));
-    };
     line(
+        &mut out,
         "tcp_framing_errors_total",
         s.node.tcp_framing_errors.load(Ordering::Relaxed),
     );
     for (name, v) in s.worker.snapshot() {
-        line(name, v);
+        line(&mut out, name, v);
     }
     if let Some(r) = &s.registry {
         let st = r.borrow().clone();
-        line("registry_connected", u64::from(st.connected));
-        line("registry_revision", st.revision.max(0) as u64);
-        line("registry_lease_regrants_total", st.lease_regrants);
-        line("registry_watch_resumes_total", st.watch_resumes);
-        line("registry_relists_total", st.relists);
-        line("registry_failed_writes_total", st.failed_writes);
+        line(&mut out, "registry_connected", u64::from(st.connected));
+        line(&mut out, "registry_revision", st.revision.max(0) as u64);
+        line(&mut out, "registry_lease_regrants_total", st.lease_regrants);
+        line(&mut out, "registry_watch_resumes_total", st.watch_resumes);
+        line(&mut out, "registry_relists_total", st.relists);
+        line(&mut out, "registry_failed_writes_total", st.failed_writes);
     }
     if let Some(handle) = &s.pipes {
-        let mut peers = handle.peers();
-        for p in &s.static_peers {
-            if !peers.contains(p) {
-                peers.push(p.clone());
-            }
-        }
-        for peer in peers {
+        for peer in link_peers(&s, handle) {
             let Some(st) = handle.stats(&peer) else {
                 continue;
             };
@@ -254,11 +324,27 @@ async fn metrics(State(s): State<AdminState>) -> String {
                 ("pipe_skipped_control_total", st.skipped_control),
                 ("pipe_control_in_total", st.control_in),
                 ("pipe_control_out_total", st.control_out),
+                ("pipe_sent_packets_total", st.sent_packets),
+                ("pipe_lost_packets_total", st.lost_packets),
             ] {
                 // Node ids are [A-Za-z0-9._-]: safe inside a label value.
-                line(&format!("{name}{{peer=\"{peer}\"}}"), v);
+                line(&mut out, &format!("{name}{{peer=\"{peer}\"}}"), v);
+            }
+            if st.up {
+                // A gauge in seconds, as Prometheus prefers; absent while the link is down.
+                let rtt = st.rtt_us as f64 / 1e6;
+                line(
+                    &mut out,
+                    &format!("pipe_rtt_seconds{{peer=\"{peer}\"}}"),
+                    rtt,
+                );
             }
         }
     }
     out
+}
+
+/// Appends the sample `pipemesh_{name} {v}`.
+fn line(out: &mut String, name: &str, v: impl std::fmt::Display) {
+    out.push_str(&format!("pipemesh_{name} {v}\n"));
 }

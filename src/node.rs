@@ -650,6 +650,9 @@ async fn worker_task(
                 Inspect::Sessions(reply) => {
                     let _ = reply.send(worker.session_count());
                 }
+                Inspect::Links(reply) => {
+                    let _ = reply.send(worker.pipe_stream_counts());
+                }
                 Inspect::Drain { draining, deadline_ms } => {
                     worker.set_draining(Instant::now(), draining, deadline_ms);
                 }

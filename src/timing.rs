@@ -19,6 +19,11 @@ pub const RTCP_REPORT_INTERVAL: Duration = Duration::from_millis(1000);
 pub const TWCC_FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
 /// How long a retransmission buffer keeps a packet for NACK answers.
 pub const RTX_BUFFER_MAX_AGE: Duration = Duration::from_millis(2000);
+/// Interval at which the pipe endpoint samples each link's byte and packet counters for its
+/// bitrate and loss figures.
+pub const PIPE_RATE_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// Width of the window those figures cover (`/api/v1/links`).
+pub const PIPE_RATE_WINDOW: Duration = Duration::from_secs(5);
 
 // The bot (`pipemesh bot`, `crate::bot`): the client side of signaling, ICE and DTLS, and its
 // media pacing and statistics windows.

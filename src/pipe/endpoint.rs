@@ -18,13 +18,19 @@
 //! datagrams validated with [`parse_datagram`]. Malformed control frames that the decoder can
 //! skip are counted and skipped, fatal ones close the link; garbage datagrams are counted and
 //! dropped. Every queue is bounded and every task stops when the shutdown future completes.
+//!
+//! Figures of a link ([`PipeHandle::stats`]): our counters, quinn's path statistics of the live
+//! connection (RTT, congestion window, packets sent and lost; those of closed connections are
+//! added in, so the totals only grow), and bitrate and loss over the last few seconds
+//! ([`crate::timing::PIPE_RATE_WINDOW`]), from a task that samples every link every
+//! [`PIPE_RATE_SAMPLE_INTERVAL`] (see [`crate::pipe::rate`]).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use quinn::{Connection, RecvStream, SendStream};
@@ -32,11 +38,13 @@ use tokio::sync::{mpsc, watch};
 
 use crate::ids::NodeId;
 use crate::pipe::link::{LinkAction, LinkConfig, LinkError, LinkState};
+use crate::pipe::rate::{loss_percent, Window};
 use crate::pipe::tls::{self, PipeIdentity, TlsError, TransportTuning};
 use crate::pipe::wire::{
     check_hello, encode_control, negotiated_version, parse_datagram, ControlDecoder,
     ControlMessage, Hello, Refusal, RefuseCode, PROTOCOL_VERSION,
 };
+use crate::timing::PIPE_RATE_SAMPLE_INTERVAL;
 
 /// Capacity of the event channel returned by [`PipeEndpoint::start`].
 pub const EVENT_QUEUE: usize = 1024;
@@ -167,8 +175,8 @@ pub struct EndpointConfig {
     pub link: LinkConfig,
 }
 
-/// Counters of one link, kept across reconnects.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Counters of one link, kept across reconnects, and figures of its current connection.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LinkStats {
     /// Whether the link is up.
     pub up: bool,
@@ -192,6 +200,25 @@ pub struct LinkStats {
     pub control_out: u64,
     /// Dials started (QUIC connection attempts); stays 0 on the accepting side.
     pub dials: u64,
+    /// Smoothed round-trip time of the current connection (quinn's estimate), in
+    /// microseconds; 0 while the link is down.
+    pub rtt_us: u64,
+    /// Congestion window of the current connection, in bytes; 0 while the link is down.
+    pub congestion_window: u64,
+    /// QUIC packets sent, over every connection of the link (media, control and acks).
+    pub sent_packets: u64,
+    /// Of those, packets quinn declared lost.
+    pub lost_packets: u64,
+    /// `lost_packets` over `sent_packets` across the last rate window
+    /// ([`crate::timing::PIPE_RATE_WINDOW`]), in percent.
+    pub loss_percent: f64,
+    /// Datagram bytes received per second across the last rate window, in bits per second
+    /// (media payload: `bytes_in`'s rate, without QUIC and UDP overhead).
+    pub bitrate_in_bps: u64,
+    /// The same for `bytes_out`.
+    pub bitrate_out_bps: u64,
+    /// When the current connection came up (handshake done), in Unix milliseconds.
+    pub up_since_ms: Option<u64>,
 }
 
 /// One remote node: its link (when up), counters, and why it is known.
@@ -200,7 +227,14 @@ struct Slot {
     conn: Option<Connection>,
     control: Option<mpsc::Sender<ControlMessage>>,
     generation: u64,
+    /// Our counters. Its `sent_packets` and `lost_packets` are those of closed connections:
+    /// [`Slot::snapshot`] adds the live connection's.
     stats: LinkStats,
+    /// Windows over `bytes_in`, `bytes_out` and the packet totals, fed by [`rate_task`].
+    rate_in: Window,
+    rate_out: Window,
+    sent_window: Window,
+    lost_window: Window,
     /// A static peer: always needed, never forgotten.
     fixed: bool,
     /// A room needs the link ([`PipeHandle::want`]).
@@ -213,6 +247,49 @@ impl Slot {
     /// Whether the slot may be forgotten to make room.
     fn idle(&self) -> bool {
         !self.fixed && !self.wanted && self.conn.is_none()
+    }
+
+    /// Packets (sent, lost) over every connection, the live one included.
+    fn packet_totals(&self) -> (u64, u64) {
+        let live = self.conn.as_ref().map(|c| c.stats().path);
+        (
+            self.stats.sent_packets + live.as_ref().map_or(0, |p| p.sent_packets),
+            self.stats.lost_packets + live.as_ref().map_or(0, |p| p.lost_packets),
+        )
+    }
+
+    /// The link's figures as of now.
+    fn snapshot(&self) -> LinkStats {
+        let mut st = self.stats.clone();
+        if let Some(c) = &self.conn {
+            let path = c.stats().path;
+            st.rtt_us = u64::try_from(path.rtt.as_micros()).unwrap_or(u64::MAX);
+            st.congestion_window = path.cwnd;
+        }
+        (st.sent_packets, st.lost_packets) = self.packet_totals();
+        st.loss_percent = loss_percent(&self.lost_window, &self.sent_window);
+        st.bitrate_in_bps = self.rate_in.per_second().saturating_mul(8);
+        st.bitrate_out_bps = self.rate_out.per_second().saturating_mul(8);
+        st
+    }
+
+    /// Takes the live connection out of the slot, keeping its packet counts.
+    fn retire_conn(&mut self) -> Option<Connection> {
+        let conn = self.conn.take()?;
+        let path = conn.stats().path;
+        self.stats.sent_packets += path.sent_packets;
+        self.stats.lost_packets += path.lost_packets;
+        self.stats.up_since_ms = None;
+        Some(conn)
+    }
+
+    /// Feeds the rate windows with the counters as of `now`.
+    fn sample(&mut self, now: Instant) {
+        let (sent, lost) = self.packet_totals();
+        self.rate_in.sample(now, self.stats.bytes_in);
+        self.rate_out.sample(now, self.stats.bytes_out);
+        self.sent_window.sample(now, sent);
+        self.lost_window.sample(now, lost);
     }
 }
 
@@ -375,9 +452,12 @@ impl PipeHandle {
         }
     }
 
-    /// Counters of the link to `node_id`, if it has a slot (see [`peers`](Self::peers)).
+    /// Counters and figures of the link to `node_id`, if it has a slot (see
+    /// [`peers`](Self::peers)). RTT and packet totals are read from the live connection now;
+    /// bitrate and loss cover the last rate window ([`crate::timing::PIPE_RATE_WINDOW`]) as of
+    /// the last sample.
     pub fn stats(&self, node_id: &str) -> Option<LinkStats> {
-        self.shared.with_slot(node_id, |s| s.stats.clone())
+        self.shared.with_slot(node_id, |s| s.snapshot())
     }
 
     /// Every node with a slot (static, wanted or accepted, until forgotten), sorted.
@@ -508,6 +588,7 @@ impl PipeEndpoint {
             }
         }
         *shared.spawner() = Some(spawner);
+        tokio::spawn(rate_task(shared.clone(), stop_rx.clone(), alive.clone()));
         tokio::spawn(accept_task(
             shared.clone(),
             endpoint.clone(),
@@ -547,6 +628,30 @@ fn seed_for(seed: u64, peer: &str) -> u64 {
     peer.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })
+}
+
+/// Samples every link's counters each [`PIPE_RATE_SAMPLE_INTERVAL`] until shutdown.
+async fn rate_task(shared: Arc<Shared>, mut stop: watch::Receiver<bool>, _alive: Alive) {
+    let mut tick = tokio::time::interval(PIPE_RATE_SAMPLE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop_requested(&mut stop) => return,
+        }
+        let now = Instant::now();
+        // At most MAX_PEERS slots, each a few additions: short enough to hold the lock.
+        for slot in shared.slots().values_mut() {
+            slot.sample(now);
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    // A clock before 1970 reads as 0: the figure is informative only.
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn stop_requested(stop: &mut watch::Receiver<bool>) {
@@ -951,7 +1056,7 @@ async fn run_link(
     let (control_tx, mut control_rx) = mpsc::channel(CONTROL_QUEUE);
     let mut superseded = false;
     let generation = shared.with_slot(peer, |slot| {
-        if let Some(old) = slot.conn.take() {
+        if let Some(old) = slot.retire_conn() {
             old.close(0u32.into(), b"superseded");
             superseded = true;
         }
@@ -959,6 +1064,7 @@ async fn run_link(
         slot.control = Some(control_tx);
         slot.generation += 1;
         slot.stats.up = true;
+        slot.stats.up_since_ms = Some(unix_ms());
         slot.generation
     });
     let Some(generation) = generation else {
@@ -1035,7 +1141,7 @@ async fn run_link(
     let current = shared
         .with_slot(peer, |slot| {
             if slot.generation == generation {
-                slot.conn = None;
+                slot.retire_conn();
                 slot.control = None;
                 slot.stats.up = false;
                 true

@@ -2,7 +2,8 @@
 //! that has them to the nodes whose peers consume them.
 //!
 //! Sans-IO cores: [`wire`] (the datagram header and the versioned MessagePack control protocol),
-//! [`link`] (link and subscription state: reconnect with jittered backoff, grace periods).
+//! [`link`] (link and subscription state: reconnect with jittered backoff, grace periods),
+//! [`rate`] (bitrate and loss of a link over a sliding window).
 //! Glue: [`endpoint`] (the QUIC endpoint: links to other nodes, hello, datagrams and control),
 //! [`tls`] (mutual TLS with a cluster CA, node identity checks), [`certs`] (the
 //! `pipemesh certs` command).
@@ -11,5 +12,6 @@ pub mod certs;
 pub mod congestion;
 pub mod endpoint;
 pub mod link;
+pub mod rate;
 pub mod tls;
 pub mod wire;

@@ -252,6 +252,34 @@ impl Worker {
         self.sessions.len()
     }
 
+    /// Piped producers per remote node, for operators: (node, local producers piped to it,
+    /// its producers piped here). Producers, not encodings: a simulcast producer counts once.
+    /// "Here" means subscribed and answered (its streams feed a pipe producer); requested or
+    /// lingering subscriptions do not count. Sorted by node.
+    pub fn pipe_stream_counts(&self) -> Vec<(NodeId, usize, usize)> {
+        let mut counts: std::collections::BTreeMap<NodeId, (usize, usize)> = Default::default();
+        for p in self.rooms.values().flat_map(|r| r.producers.values()) {
+            if p.pipe().is_none() {
+                for node in &p.piped_to {
+                    counts.entry(node.clone()).or_default().0 += 1;
+                }
+            }
+        }
+        let inbound: HashSet<(&NodeId, &ProducerId)> = self
+            .pipes
+            .inbound
+            .iter()
+            .map(|((node, _), (_, pid, _))| (node, pid))
+            .collect();
+        for (node, _) in inbound {
+            counts.entry(node.clone()).or_default().1 += 1;
+        }
+        counts
+            .into_iter()
+            .map(|(node, (out, inn))| (node, out, inn))
+            .collect()
+    }
+
     /// What the cluster registry reports (a listing or changes under the cluster prefix).
     pub fn handle_registry_update(
         &mut self,
