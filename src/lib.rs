@@ -26,6 +26,7 @@ pub mod admin;
 pub mod auth;
 pub mod bench;
 pub mod bot;
+pub mod cli;
 pub mod config;
 pub mod discovery;
 pub mod edge;

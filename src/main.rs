@@ -27,6 +27,14 @@ enum Command {
     Bench(pipemesh::bench::BenchArgs),
     /// Mint a room token (JWT signed with the cluster secret); prints it on stdout.
     Token(pipemesh::auth::cli::TokenArgs),
+    /// List the cluster's nodes, as they report themselves in etcd.
+    Nodes(pipemesh::cli::nodes::NodesArgs),
+    /// List rooms across the cluster, or show one room's nodes, peers and producers.
+    Rooms(pipemesh::cli::rooms::RoomsArgs),
+    /// Ask a node to drain (no new peers; sessions continue) and wait until it does.
+    Drain(pipemesh::cli::drain::DrainArgs),
+    /// Withdraw a drain request and wait until the node is serving again.
+    Undrain(pipemesh::cli::drain::UndrainArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -72,6 +80,23 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => pipemesh::bench::run(args),
         Command::Token(args) => {
             println!("{}", pipemesh::auth::cli::run(&args)?);
+            Ok(())
+        }
+        // Operator commands exit with their own codes (0, 1 failed, 2 usage, 3 etcd unreachable).
+        Command::Nodes(args) => {
+            pipemesh::cli::finish(pipemesh::cli::nodes::run(&args));
+            Ok(())
+        }
+        Command::Rooms(args) => {
+            pipemesh::cli::finish(pipemesh::cli::rooms::run(&args));
+            Ok(())
+        }
+        Command::Drain(args) => {
+            pipemesh::cli::finish(pipemesh::cli::drain::run_drain(&args));
+            Ok(())
+        }
+        Command::Undrain(args) => {
+            pipemesh::cli::finish(pipemesh::cli::drain::run_undrain(&args));
             Ok(())
         }
     }

@@ -106,6 +106,7 @@ use tokio::time::{timeout, Instant};
 use super::registry::{
     Registration, Registry, RegistryError, RegistryHandle, RegistryStatus, RegistryUpdate,
 };
+pub use connect::client;
 use connect::{connect, connect_options, register};
 use session::Session;
 use watch::{list, open_watch, WatchLoop};

@@ -151,6 +151,16 @@ pub(super) async fn connect(
     }
 }
 
+/// A client for tools that read and write the registry without a session of their own
+/// (`pipemesh nodes`, `drain`, ...): TLS and authentication as for a node, retried until
+/// `cfg.connect_timeout`, proven by a read under the cluster prefix.
+pub async fn client(cfg: &EtcdConfig) -> Result<Client, RegistryError> {
+    let options = connect_options(cfg)?;
+    let probe = format!("/pipemesh/{}/nodes/", cfg.cluster);
+    let deadline = Instant::now() + cfg.connect_timeout;
+    connect(cfg, options, probe.as_bytes(), deadline).await
+}
+
 /// The errors that retrying cannot fix: bad URLs, TLS settings, credentials or permissions.
 /// (etcd also answers FailedPrecondition "not capable" while it starts, so only the
 /// authentication ones of that code count.)

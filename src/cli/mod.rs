@@ -1,0 +1,293 @@
+//! The operator commands: `pipemesh nodes`, `rooms`, `drain` and `undrain`. They read (and,
+//! for drains, write) the cluster straight from etcd, as the nodes publish it (layout in
+//! [`crate::discovery::keys`]), and print a table for people or, with `--output json`, JSON
+//! for scripts (camelCase fields, like the records).
+//!
+//! Each command is thin glue around pure parts: [`snapshot::Snapshot::from_kvs`] decodes
+//! registry key/values (skipping and counting malformed ones: a footer line on stderr says how
+//! many), and each command turns a snapshot into rows. Only [`etcd::Registry`] talks to etcd,
+//! every request bounded by `--timeout`.
+//!
+//! Errors are one line on stderr (`pipemesh: error: ...`) with an exit code:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | done |
+//! | 1 | not found (node, room), or the operation did not complete (a drain the node has not confirmed within `--wait`, a request etcd refused) |
+//! | 2 | usage: bad flags (clap) or settings that cannot work (TLS files, password without user) |
+//! | 3 | etcd unreachable within `--timeout` |
+
+pub mod drain;
+pub mod etcd;
+pub mod nodes;
+pub mod rooms;
+pub mod snapshot;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, ValueEnum};
+use thiserror::Error;
+
+/// Default bound on reaching etcd (connecting, and each request).
+pub const DEFAULT_TIMEOUT: &str = "5s";
+
+/// Flags every operator command takes.
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// etcd endpoints (repeatable; environment: comma-separated)
+    #[arg(
+        long,
+        env = "PIPEMESH_ETCD_ENDPOINTS",
+        value_name = "URL",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// Cluster name: keys under /pipemesh/<cluster>/
+    #[arg(long, env = "PIPEMESH_CLUSTER", default_value = "pipemesh")]
+    pub cluster: String,
+    /// CA certificate (PEM) of the etcd servers
+    #[arg(long, env = "PIPEMESH_ETCD_CA", value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd
+    #[arg(long, env = "PIPEMESH_ETCD_CERT", value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Client private key (PEM) for etcd
+    #[arg(long, env = "PIPEMESH_ETCD_KEY", value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user (password: --etcd-password-file or PIPEMESH_ETCD_PASSWORD)
+    #[arg(long, env = "PIPEMESH_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// File with the etcd user's password (first line)
+    #[arg(long, env = "PIPEMESH_ETCD_PASSWORD_FILE", value_name = "FILE")]
+    pub etcd_password_file: Option<PathBuf>,
+    /// Output format
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// How long to wait for etcd: to connect, and for each request (e.g. 500ms, 5s, 1m)
+    #[arg(long, default_value = DEFAULT_TIMEOUT, value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// How results are printed.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// Pretty-printed JSON for scripts.
+    Json,
+}
+
+/// Why an operator command failed; each has its exit code ([`CliError::exit_code`]).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CliError {
+    /// etcd did not answer within `--timeout` (exit 3).
+    #[error("cannot reach etcd at {endpoints}: {reason}")]
+    Unreachable {
+        /// The endpoints tried, comma-separated.
+        endpoints: String,
+        /// The last failure.
+        reason: String,
+    },
+    /// Settings that cannot work: TLS files, a password without a user (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// No such node or room (exit 1).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request was written but the node did not confirm it in time (exit 1).
+    #[error("{0}")]
+    NotConfirmed(String),
+    /// etcd answered with an error (permission denied, ...) (exit 1).
+    #[error("etcd refused {what}: {reason}")]
+    Refused {
+        /// The request.
+        what: String,
+        /// etcd's answer.
+        reason: String,
+    },
+    /// Writing the output failed (a closed pipe, ...) (exit 1).
+    #[error("writing the output: {0}")]
+    Output(String),
+}
+
+impl CliError {
+    /// The process exit code (see the module docs).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Unreachable { .. } => 3,
+            CliError::Usage(_) => 2,
+            CliError::NotFound(_)
+            | CliError::NotConfirmed(_)
+            | CliError::Refused { .. }
+            | CliError::Output(_) => 1,
+        }
+    }
+}
+
+/// Ends an operator command: on error, one line on stderr and the error's exit code (the
+/// process exits here, so that `main` keeps its single failure code for other commands).
+pub fn finish(result: Result<(), CliError>) {
+    let _ = std::io::stdout().flush();
+    if let Err(e) = result {
+        eprintln!("pipemesh: error: {e}");
+        std::process::exit(i32::from(e.exit_code()));
+    }
+}
+
+/// Runs `f` on a small runtime of its own.
+pub(crate) fn block_on<T>(
+    f: impl std::future::Future<Output = Result<T, CliError>>,
+) -> Result<T, CliError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Output(format!("starting the tokio runtime: {e}")))?;
+    rt.block_on(f)
+}
+
+/// Prints `value` as pretty JSON on stdout.
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Output(e.to_string()))?;
+    print_out(&format!("{text}\n"))
+}
+
+/// Writes `text` on stdout.
+pub(crate) fn print_out(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| CliError::Output(e.to_string()))
+}
+
+/// The footer about skipped entries, when there were any.
+pub(crate) fn warn_malformed(malformed: usize) {
+    if malformed > 0 {
+        eprintln!(
+            "pipemesh: warning: skipped {malformed} malformed registry entr{}",
+            if malformed == 1 { "y" } else { "ies" }
+        );
+    }
+}
+
+/// Columns aligned on the widest cell, separated by three spaces (kubectl's look).
+pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                line.push_str("   ");
+            }
+            line.push_str(cell);
+            line.extend(std::iter::repeat_n(' ', w - cell.chars().count()));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Parses `500ms`, `90` (seconds), `90s`, `15m`, `1h`, `2d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let bad = || format!("{s:?} is not a duration like 500ms, 90s, 15m, 1h or 2d");
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        _ => None,
+    }
+    .ok_or_else(bad)?;
+    Ok(Duration::from_millis(ms))
+}
+
+/// A duration as people read it: the two largest units (`2d3h`, `5m7s`, `42s`).
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let (days, hours, mins, secs) = (s / 86_400, s / 3_600 % 24, s / 60 % 60, s % 60);
+    if days > 0 {
+        format!("{days}d{hours}h")
+    } else if hours > 0 {
+        format!("{hours}h{mins}m")
+    } else if mins > 0 {
+        format!("{mins}m{secs}s")
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// Now, in Unix milliseconds (the operator's clock; the glue reads it, the cores take it).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_on_the_widest_cell() {
+        let rows = vec![
+            vec!["n1".into(), "eu-west".into(), "3".into()],
+            vec!["node-22".into(), "us".into(), "".into()],
+        ];
+        assert_eq!(
+            render_table(&["ID", "REGION", "PEERS"], &rows),
+            "ID        REGION    PEERS\n\
+             n1        eu-west   3\n\
+             node-22   us\n"
+        );
+        assert_eq!(render_table(&["ID"], &[]), "ID\n");
+    }
+
+    #[test]
+    fn durations_parse_and_print() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        for bad in ["", "m", "1x", "-1s", "1.5s", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(human_duration(Duration::from_secs(42)), "42s");
+        assert_eq!(human_duration(Duration::from_secs(307)), "5m7s");
+        assert_eq!(human_duration(Duration::from_secs(3_700)), "1h1m");
+        assert_eq!(human_duration(Duration::from_secs(183_600)), "2d3h");
+    }
+
+    #[test]
+    fn exit_codes_follow_the_table() {
+        let unreachable = CliError::Unreachable {
+            endpoints: "http://127.0.0.1:1".into(),
+            reason: "connection refused".into(),
+        };
+        assert_eq!(unreachable.exit_code(), 3);
+        assert_eq!(
+            unreachable.to_string(),
+            "cannot reach etcd at http://127.0.0.1:1: connection refused"
+        );
+        assert_eq!(CliError::Usage("x".into()).exit_code(), 2);
+        assert_eq!(CliError::NotFound("x".into()).exit_code(), 1);
+        assert_eq!(CliError::NotConfirmed("x".into()).exit_code(), 1);
+    }
+}
