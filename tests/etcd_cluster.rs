@@ -166,6 +166,19 @@ async fn three_nodes_one_etcd_bots_consume_across_nodes() {
             let want: HashSet<String> = ["pub", "c2", "c3", "late"].map(String::from).into();
             wait_view(n, "r", |got| *got == want).await;
         }
+        // A rename on n2 reaches n3 as peerDisplayNameChanged (not as the peer leaving).
+        c2.signaling()
+            .request(
+                "changeDisplayName",
+                serde_json::json!({"displayName": "C2 renamed"}),
+            )
+            .await
+            .expect("changeDisplayName");
+        c3.wait_notification("peerDisplayNameChanged", WAIT, |d| {
+            d["peerId"] == "c2" && d["displayName"] == "C2 renamed"
+        })
+        .await
+        .expect("the rename crosses nodes");
         // Links exist only where a room needs them: n1-n2, n1-n3 and n2-n3 all share room r.
         let m1 = nodes[0].metrics().await;
         assert_eq!(m1.get(&link_metric("pipe_link_up", "n2")), Some(&1));

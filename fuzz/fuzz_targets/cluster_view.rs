@@ -162,6 +162,20 @@ fn replay(
         }
         // Drain requests are not part of the remote view.
         DirectoryEvent::LocalDrain { .. } => {}
+        DirectoryEvent::RemotePeerRenamed {
+            room,
+            node,
+            peer_id,
+            display_name,
+            old_display_name,
+        } => {
+            let p = shown
+                .get_mut(&(room, node, peer_id))
+                .expect("renamed unknown");
+            assert_eq!(p.display_name, old_display_name);
+            assert_ne!(p.display_name, display_name);
+            p.display_name = display_name;
+        }
         DirectoryEvent::NodeGone { node } => {
             assert!(!shown.keys().any(|(_, n, _)| n == &node), "gone but shown");
         }

@@ -827,8 +827,9 @@ fn same_media(a: &ProducerInfo, b: &ProducerInfo) -> bool {
         && a.app_data == b.app_data
 }
 
+/// The same peer as far as consumers go: a new display name is a rename, not a new peer.
 fn same_peer(a: &PeerInfo, b: &PeerInfo) -> bool {
-    a.display_name == b.display_name && a.device == b.device
+    a.device == b.device
 }
 
 /// Report the change from `old` to `new` for (`room`, `node`): every removal, then every
@@ -860,6 +861,15 @@ fn push_diff(
     for (id, after) in new {
         match old.get(id) {
             Some(before) if same_peer(before, after) => {
+                if before.display_name != after.display_name {
+                    events.push_back(DirectoryEvent::RemotePeerRenamed {
+                        room: room.clone(),
+                        node: node.clone(),
+                        peer_id: id.clone(),
+                        display_name: after.display_name.clone(),
+                        old_display_name: before.display_name.clone(),
+                    });
+                }
                 for p in &after.producers {
                     if !before.producers.iter().any(|q| same_media(q, p)) {
                         events.push_back(DirectoryEvent::RemoteProducerAdded {
@@ -955,6 +965,16 @@ impl RoomDirectory for ClusterDirectory {
             peer_id,
             producer_id,
         ));
+    }
+
+    fn local_peer_renamed(&mut self, room: &RoomId, peer_id: &PeerId, display_name: &str) {
+        let Some(peer) = self.rooms.rename_peer(room, peer_id, display_name).cloned() else {
+            return;
+        };
+        match self.peer_entry(room, &peer) {
+            Ok((key, value)) => self.put(key, value),
+            Err(e) => tracing::warn!(error = %e, "cannot re-publish a renamed peer"),
+        }
     }
 
     fn local_producer_paused(

@@ -60,6 +60,19 @@ pub enum DirectoryEvent {
         /// The peer.
         peer_id: PeerId,
     },
+    /// A remote peer changed its display name (`changeDisplayName` on its node).
+    RemotePeerRenamed {
+        /// The room.
+        room: RoomId,
+        /// The node the peer is connected to.
+        node: NodeId,
+        /// The peer.
+        peer_id: PeerId,
+        /// Its new name.
+        display_name: String,
+        /// Its previous name.
+        old_display_name: String,
+    },
     /// A remote peer has a producer the worker may consume.
     RemoteProducerAdded {
         /// The room.
@@ -185,6 +198,9 @@ pub trait RoomDirectory {
     ) -> Result<(), DirectoryError>;
     /// A local producer went away. Unknown producers are ignored.
     fn local_producer_removed(&mut self, room: &RoomId, peer_id: &PeerId, producer_id: &ProducerId);
+    /// A local peer changed its display name. Unknown peers are ignored. (The gossip
+    /// directory does not carry renames; the registry directory does.)
+    fn local_peer_renamed(&mut self, _room: &RoomId, _peer_id: &PeerId, _display_name: &str) {}
     /// A local producer was paused or resumed by its owner. Unknown producers are ignored.
     fn local_producer_paused(
         &mut self,

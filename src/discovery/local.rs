@@ -215,6 +215,22 @@ impl LocalRooms {
         Some(p)
     }
 
+    /// Rename a local peer: the peer as it is now, or `None` when it is not there or already
+    /// had that name.
+    pub(crate) fn rename_peer(
+        &mut self,
+        room: &RoomId,
+        peer_id: &PeerId,
+        display_name: &str,
+    ) -> Option<&PeerInfo> {
+        let p = self.peer_mut(room, peer_id)?;
+        if p.display_name == display_name {
+            return None;
+        }
+        p.display_name = display_name.to_owned();
+        Some(p)
+    }
+
     /// Watch `room`: true when it was not watched yet.
     pub(crate) fn watch(&mut self, room: &RoomId) -> Result<bool, DirectoryError> {
         self.room_slot_free(room)?;

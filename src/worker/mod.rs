@@ -149,6 +149,12 @@ pub(crate) enum Note {
         /// Its pipe stream ids.
         stream_ids: Vec<u64>,
     },
+    /// A local peer changed its display name.
+    LocalPeerRenamed {
+        room: RoomId,
+        peer: PeerId,
+        display_name: String,
+    },
     /// A local producer was paused or resumed by its owner.
     LocalProducerPaused {
         room: RoomId,

@@ -843,6 +843,13 @@ impl Worker {
                     self.pipes.outbound.remove(&sid);
                 }
             }
+            Note::LocalPeerRenamed {
+                room,
+                peer,
+                display_name,
+            } => self
+                .directory
+                .local_peer_renamed(&room, &peer, &display_name),
             Note::LocalProducerPaused {
                 room,
                 peer,
@@ -999,6 +1006,31 @@ impl Worker {
                         msg: crate::signaling::server::ToPeer::Notify {
                             method: "peerClosed",
                             data: json!({ "peerId": peer_id }),
+                        },
+                    });
+                }
+            }
+            DirectoryEvent::RemotePeerRenamed {
+                room,
+                peer_id,
+                display_name,
+                old_display_name,
+                ..
+            } => {
+                let Some(r) = self.rooms.get(&room) else {
+                    return;
+                };
+                let data = json!({
+                    "peerId": peer_id,
+                    "displayName": display_name,
+                    "oldDisplayName": old_display_name,
+                });
+                for p in r.peers.values().filter(|p| p.joined) {
+                    self.outputs.push_back(Output::ToPeer {
+                        session: p.session,
+                        msg: crate::signaling::server::ToPeer::Notify {
+                            method: "peerDisplayNameChanged",
+                            data: data.clone(),
                         },
                     });
                 }

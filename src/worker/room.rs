@@ -510,6 +510,13 @@ impl Room {
                     .ok_or_else(|| not_found("peer", peer_id.as_str()))?;
                 let old = std::mem::replace(&mut peer.display_name, display_name.clone());
                 let session = peer.session;
+                if old != display_name {
+                    outputs.note(Note::LocalPeerRenamed {
+                        room: self.id.clone(),
+                        peer: peer_id.clone(),
+                        display_name: display_name.clone(),
+                    });
+                }
                 for other in self
                     .peers
                     .values()

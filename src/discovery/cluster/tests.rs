@@ -406,6 +406,32 @@ fn pause_is_republished_without_events() {
 }
 
 #[test]
+fn a_rename_is_one_event_and_keeps_the_producers() {
+    let mut m = settled();
+    let alice = PeerId::from("alice");
+    m.a.local_peer_renamed(&room(), &alice, "Alicia");
+    m.pump();
+    assert_eq!(
+        events(&mut m.b),
+        vec![DirectoryEvent::RemotePeerRenamed {
+            room: room(),
+            node: node_a(),
+            peer_id: alice.clone(),
+            display_name: "Alicia".into(),
+            old_display_name: peer("alice", &[]).display_name,
+        }]
+    );
+    let shown = m.b.remote_peers(&room());
+    assert_eq!(shown[0].1.display_name, "Alicia");
+    assert_eq!(shown[0].1.producers.len(), 1, "producers untouched");
+    // The same name again, or an unknown peer: nothing.
+    m.a.local_peer_renamed(&room(), &alice, "Alicia");
+    m.a.local_peer_renamed(&room(), &PeerId::from("nobody"), "X");
+    m.pump();
+    assert!(events(&mut m.b).is_empty());
+}
+
+#[test]
 fn producers_and_peers_go_with_removals() {
     let mut m = settled();
     let alice = PeerId::from("alice");
@@ -536,7 +562,8 @@ fn a_producer_waits_for_its_peer() {
         panic!("expected removal then addition");
     };
     assert_eq!(p, &changed);
-    // A renamed peer leaves and joins again.
+    // A renamed peer is renamed, not replaced (its producers stay); a new device is a new
+    // peer (it leaves and joins again).
     let mut renamed = peer("alice", &[]);
     renamed.display_name = "Alice II".into();
     let renamed_value = keys::encode_value(&PeerRecord::from_info(&renamed)).unwrap();
@@ -545,7 +572,19 @@ fn a_producer_waits_for_its_peer() {
         changes: vec![put("rooms/r/peers/a/alice", &renamed_value)],
     });
     let evs = events(&mut b);
-    assert_eq!(evs.len(), 4);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert!(matches!(
+        &evs[0],
+        DirectoryEvent::RemotePeerRenamed { display_name, .. } if display_name == "Alice II"
+    ));
+    renamed.device = r#"{"flag":"other"}"#.into();
+    let new_device = keys::encode_value(&PeerRecord::from_info(&renamed)).unwrap();
+    b.apply_registry(RegistryUpdate::Changes {
+        revision: 5,
+        changes: vec![put("rooms/r/peers/a/alice", &new_device)],
+    });
+    let evs = events(&mut b);
+    assert_eq!(evs.len(), 4, "{evs:?}");
     assert_eq!(evs[1], left(&node_a(), "alice"));
     assert!(matches!(
         &evs[2],
@@ -1199,6 +1238,20 @@ fn replay(
         }
         // Drain requests are not part of the remote view.
         DirectoryEvent::LocalDrain { .. } => {}
+        DirectoryEvent::RemotePeerRenamed {
+            room,
+            node,
+            peer_id,
+            display_name,
+            old_display_name,
+        } => {
+            let p = shown
+                .get_mut(&(room, node, peer_id))
+                .expect("renamed unknown");
+            assert_eq!(p.display_name, old_display_name);
+            assert_ne!(p.display_name, display_name);
+            p.display_name = display_name;
+        }
         DirectoryEvent::NodeGone { node } => {
             assert!(!shown.keys().any(|(_, n, _)| n == &node), "gone but shown");
         }
