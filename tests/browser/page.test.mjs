@@ -45,7 +45,7 @@ test('page loads the bundle and exposes window.pm', async () => {
 	assert.equal(info.roomText, 't');
 	assert.deepEqual(
 		{ ...info.options },
-		{ roomId: 't', peerId: 'x', displayName: 'x', produce: true, consume: true, forceTcp: false, simulcast: true, server: 'ws://127.0.0.1:1' },
+		{ roomId: 't', peerId: 'x', displayName: 'x', produce: true, consume: true, forceTcp: false, simulcast: true, token: null, server: 'ws://127.0.0.1:1' },
 	);
 });
 
