@@ -1,6 +1,7 @@
 //! The operator commands' etcd glue: connect as a node would (TLS, authentication), then
 //! plain reads and writes under the cluster prefix, each bounded by `--timeout`.
 
+use crate::discovery::etcd::prefix_end;
 use std::time::Duration;
 
 use etcd_client::{Client, GetOptions};
@@ -201,29 +202,9 @@ fn tidy(reason: &str) -> String {
     }
 }
 
-/// The end of the range of keys starting with `prefix` (etcd's convention).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    // All 0xff (or empty): to the end of the keyspace.
-    vec![0]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prefix_ends_bound_the_prefix() {
-        assert_eq!(prefix_end(b"/pipemesh/c/"), b"/pipemesh/c0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-        assert_eq!(prefix_end(b"\xff"), vec![0]);
-    }
 
     #[test]
     fn grpc_statuses_read_as_one_short_line() {

@@ -468,7 +468,7 @@ fn strip<'k>(prefix: &[u8], key: &'k [u8]) -> Option<&'k [u8]> {
 }
 
 /// The end of the range of keys starting with `prefix` (etcd's "prefix + 1").
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
