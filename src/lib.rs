@@ -31,6 +31,7 @@ pub mod config;
 pub mod discovery;
 pub mod edge;
 pub mod ids;
+pub mod metrics;
 pub mod node;
 pub mod pipe;
 pub mod router;
