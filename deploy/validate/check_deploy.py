@@ -223,6 +223,7 @@ class Binary:
                 self.pending_env.add(words[0])
         self.pending_seen: set[str] = set()
         self.pending_landed: set[str] = set()
+        self.config_sources: dict[str, str] = {}  # temporary copy -> the file it stands for
         self.secret_file = tmp / "dummy-secret"
         self.secret_file.write_text("x" * 48 + "\n")
         self.secret_file.chmod(0o600)
@@ -287,8 +288,11 @@ class Binary:
             run_env[k] = v
         proc = run([self.path, "config", *out], env=run_env, timeout=30)
         if proc.returncode != 0:
+            err = proc.stderr.strip()
+            for tmp_path, src in self.config_sources.items():
+                err = err.replace(tmp_path, src)
             raise Failure(f"{where}: pipemesh refuses the configuration:",
-                          *("  " + ln for ln in proc.stderr.strip().splitlines()),
+                          *("  " + ln for ln in err.splitlines()),
                           "  (pipemesh config " + " ".join(shlex.quote(a) for a in out) + ")")
         return tomllib.loads(proc.stdout)
 
@@ -298,8 +302,9 @@ class Binary:
         src = file_map[value]
         text = re.sub(r'(?m)^(\s*[a-z_]+_(?:secret|token|password)_file\s*=).*$',
                       lambda m: f'{m.group(1)} "{self.secret_file}"', src.read_text())
-        dst = self.tmp / f"config-{len(list(self.tmp.iterdir()))}.toml"
+        dst = self.tmp / f"config-{len(self.config_sources)}.toml"
         dst.write_text(text)
+        self.config_sources[str(dst)] = rel(src)
         return dst
 
 
@@ -528,11 +533,11 @@ def check_names(ctx: Context) -> str:
     errors: list[str] = []
     flags = envs = 0
     for path, text in text_files():
-        for n, m in ((n, m) for n, line in enumerate(text.splitlines(), 1)
-                     for m in re.finditer(r"PIPEMESH_[A-Z0-9_]*[A-Z0-9]", line)):
-            envs += 1
-            if (err := b.check_env(m.group(0), serve_only=False)):
-                errors.append(f"{rel(path)}:{n}: {err}")
+        for n, line in enumerate(text.splitlines(), 1):
+            for m in re.finditer(r"PIPEMESH_[A-Z0-9_]*[A-Z0-9]", line):
+                envs += 1
+                if (err := b.check_env(m.group(0), serve_only=False)):
+                    errors.append(f"{rel(path)}:{n}: {err}")
         for n, sub, fl in scan_invocations(text):
             if sub not in b.subcommands:
                 continue
@@ -579,7 +584,7 @@ def serve_invocations(ctx: Context):
     yield rel(UNIT) + " ExecStart", argv[1], argv[2:], env
     # Dockerfile
     instr = parse_dockerfile(DOCKERFILE)
-    final = [i for i in instr][max(k for k, i in enumerate(instr) if i[1] == "FROM"):]
+    final = instr[max(k for k, i in enumerate(instr) if i[1] == "FROM"):]  # the runtime stage
     env = {}
     for _, word, rest in final:
         if word == "ENV":
