@@ -365,6 +365,25 @@ impl Producer {
         self.streams.len() > 1
     }
 
+    /// Each encoding as received, in order: (rid, ssrc, when its last packet arrived,
+    /// received bitrate over the last second in bits per second).
+    pub(in crate::worker) fn encodings_received(
+        &mut self,
+        now: Instant,
+    ) -> Vec<(Option<String>, Option<u32>, Option<Instant>, u64)> {
+        self.streams
+            .iter_mut()
+            .map(|s| {
+                (
+                    s.rid.clone(),
+                    s.ssrc,
+                    s.last_packet,
+                    s.stats.bitrate_bps(now),
+                )
+            })
+            .collect()
+    }
+
     /// Next media deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let n = self
