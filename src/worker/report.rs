@@ -244,11 +244,13 @@ fn producer_report(
     let layers = p
         .encodings_received(now)
         .into_iter()
-        .map(|(rid, ssrc, last_packet, bitrate_bps)| LayerReport {
-            rid: rid.filter(|_| simulcast),
-            ssrc,
-            active: last_packet.is_some_and(|t| now.saturating_duration_since(t) < ACTIVE_WINDOW),
-            bitrate_bps,
+        .map(|e| LayerReport {
+            rid: e.rid.filter(|_| simulcast),
+            ssrc: e.ssrc,
+            active: e
+                .last_packet
+                .is_some_and(|t| now.saturating_duration_since(t) < ACTIVE_WINDOW),
+            bitrate_bps: e.bitrate_bps,
         })
         .collect();
     let mut piped_to = p.piped_to.clone();
