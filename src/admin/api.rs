@@ -185,10 +185,8 @@ pub(super) async fn require_token(
         "admin token required: send Authorization: Bearer <token>"
     };
     let mut r = error(StatusCode::UNAUTHORIZED, msg);
-    r.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"pipemesh-admin\""),
-    );
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     r
 }
 
