@@ -2,12 +2,67 @@
 //! new clients: its cluster registry session is healthy), `/cluster` (this node's view of the
 //! cluster: nodes, rooms, peers, producers, links), `/api/v1/rooms/{room}/assign` (placement:
 //! which node a new client of a room should use), `/api/v1/links` (this node's pipe links:
-//! RTT, loss, bitrate each way and piped producers, for `pipemesh topology`) and `/metrics`
-//! with the node's counters in Prometheus text format.
+//! RTT, loss, bitrate each way and piped producers, for `pipemesh topology`),
+//! `/api/v1/node` and `/api/v1/rooms/{room}` (below) and `/metrics` with the node's counters
+//! in Prometheus text format.
 //!
 //! Liveness and readiness differ on purpose: when etcd is unreachable, existing sessions keep
 //! their media, so the process is healthy (an orchestrator must not restart it), but it is not
 //! ready (a load balancer should send new clients elsewhere until the registry is back).
+//!
+//! ## Access
+//!
+//! The listener binds loopback by default (`--admin-listen`). With a token
+//! (`--admin-token-file FILE`, its first line; or the token itself in `PIPEMESH_ADMIN_TOKEN`;
+//! the file wins when both are given), every route but `/healthz` and `/readyz` (orchestrator
+//! probes, which reveal nothing sensitive) needs `Authorization: Bearer <token>`; a missing or
+//! wrong one is answered `401` with `WWW-Authenticate: Bearer` and `{"error": "..."}`. The
+//! token is compared in constant time ([`token`]). Without a token the API is open; a node
+//! whose admin listener is not on loopback then warns at start.
+//!
+//! ## `GET /api/v1/node`
+//!
+//! ```json
+//! {"nodeId": "n1", "region": "eu", "state": "serving", "software": "pipemesh 0.1.0",
+//!  "startedAtMs": 1700000000000, "uptimeSecs": 42, "cpuPercent": 12.5, "cpuCores": 2,
+//!  "rssBytes": 52428800, "sessions": 2, "rooms": 1, "peers": 2, "transports": 4,
+//!  "producers": 2, "consumers": 6, "pipeLinks": 2}
+//! ```
+//!
+//! `state` is `serving` or `draining`. `cpuPercent` is the process's CPU time (user + system,
+//! every thread) over the last 5 s sampling window in percent of one core (two busy cores:
+//! 200), `null` until the second sample; `cpuCores` the cores the process may run on;
+//! `rssBytes` its resident set size, `null` where `/proc` is unreadable. The counts come from
+//! the worker ([`crate::worker::report::NodeCounts`]): `peers` are local peers, `producers`
+//! local producers (not those piped in), `pipeLinks` links up. A worker that does not answer
+//! in time gives `503` with `{"error": "..."}`.
+//!
+//! ## `GET /api/v1/rooms/{room}`
+//!
+//! ```json
+//! {"nodeId": "n2", "room": "r",
+//!  "peers": [{"peerId": "c2", "displayName": "C2", "transports": 2, "producers": 0,
+//!             "consumers": 2}],
+//!  "producers": [{"producerId": "...", "peerId": "pub", "originNodeId": "n1",
+//!    "kind": "video", "paused": false, "local": false, "via": "n1", "pipedTo": ["n3"],
+//!    "layers": [{"rid": "r0", "ssrc": 1234, "active": true, "bitrateBps": 150000}],
+//!    "consumers": [{"consumerId": "...", "peerId": "c2", "paused": false,
+//!                   "spatialLayer": 2, "temporalLayer": 1}]}]}
+//! ```
+//!
+//! What this node has of the room ([`crate::worker::report::RoomReport`]): its local `peers`,
+//! and every producer it has something of: local ones (`local: true`, `via: null`) and remote
+//! ones piped here or consumed here (`via`: the node whose pipe brings it, from the pipe
+//! subscription; `originNodeId`: the node its peer is on). A remote producer the directory
+//! announced that is neither piped nor consumed here is not listed. `pipedTo` lists the nodes
+//! this node pipes it to (sorted). `layers` are its encodings as received here, lowest
+//! spatial layer first: `rid` is `null` when not simulcast (and for encodings piped in, which
+//! carry no rid), `ssrc` `null` until a rid-only encoding's first packet, `active` when a
+//! packet arrived in the last 2 s, `bitrateBps` over the last second. `consumers` are its
+//! local consumers with the layers forwarded now (`null` when not simulcast or none yet).
+//! `404` with `{"error": "room \"x\" has no peers or streams on node n1"}` when the node
+//! has nothing of the room; `400` for a room id outside 1-256 bytes; `503` when the worker
+//! does not answer in time.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,10 +70,16 @@ use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::middleware;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
+
+pub mod api;
+pub mod token;
+
+pub use token::AdminToken;
 
 use crate::discovery::cluster::ClusterView;
 use crate::discovery::placement;
@@ -41,6 +102,17 @@ pub enum Inspect {
     /// Piped producers per remote node: (node, local producers piped there, its producers
     /// piped here), as [`crate::worker::Worker::pipe_stream_counts`] counts them.
     Links(oneshot::Sender<Vec<(NodeId, usize, usize)>>),
+    /// How much the node holds (`/api/v1/node`).
+    Node(oneshot::Sender<crate::worker::report::NodeCounts>),
+    /// What the node (`node`, this one) has of a room (`None`: nothing).
+    Room {
+        /// The room.
+        room: RoomId,
+        /// This node's id.
+        node: NodeId,
+        /// The answer.
+        reply: oneshot::Sender<Option<crate::worker::report::RoomReport>>,
+    },
     /// Drain (or serve again); at `deadline_ms` (Unix milliseconds) close what is left.
     Drain {
         /// Drain or serve.
@@ -71,17 +143,29 @@ pub struct AdminState {
     pub registry_kind: &'static str,
     /// Questions to the worker task.
     pub inspect: mpsc::Sender<Inspect>,
+    /// The bearer token every route but the probes requires; `None`: open.
+    pub token: Option<AdminToken>,
+    /// Start time and CPU use.
+    pub process: api::ProcessInfo,
 }
 
-/// The admin router.
+/// The admin router: the probes, and the other routes behind the token check.
 pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    let guarded = Router::new()
         .route("/cluster", get(cluster))
+        .route("/api/v1/node", get(api::node))
+        .route("/api/v1/rooms/{room}", get(api::room))
         .route("/api/v1/rooms/{room}/assign", get(assign))
         .route("/api/v1/links", get(links))
         .route("/metrics", get(crate::metrics::handler))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            api::require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(guarded)
         .with_state(state)
 }
 

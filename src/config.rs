@@ -2,6 +2,7 @@
 //! `PIPEMESH_*` environment variable (both handled by clap), the TOML file named by `--config`,
 //! and finally the embedded default. Defaults let `pipemesh serve` run on a laptop unchanged.
 
+use crate::admin::token::{AdminToken, AdminTokenText};
 use crate::auth::AuthSecret;
 use crate::signaling::limits::PeerLimits;
 use crate::signaling::protoo::MAX_MESSAGE_BYTES;
@@ -52,8 +53,17 @@ pub struct Config {
     /// Address advertised in ICE candidates. When unset: the listen IP if it is specific,
     /// otherwise the first non-loopback IPv4 address of the host, otherwise 127.0.0.1.
     pub announced_address: Option<String>,
-    /// Admin HTTP listener (`/healthz`).
+    /// Admin HTTP listener (`/healthz`, `/api/v1/...`, `/metrics`). Loopback by default: the
+    /// admin API is open unless a token is set.
     pub admin_listen: SocketAddr,
+    /// File whose first line is the admin API's bearer token (required on every admin route but
+    /// `/healthz` and `/readyz`). Wins over `PIPEMESH_ADMIN_TOKEN`. Unset and no
+    /// `PIPEMESH_ADMIN_TOKEN`: the admin API is open.
+    pub admin_token_file: Option<PathBuf>,
+    /// The admin API's bearer token itself, from `PIPEMESH_ADMIN_TOKEN`: never read from nor
+    /// written to the TOML file, and not shown by `Debug`.
+    #[serde(skip)]
+    pub admin_token: Option<AdminTokenText>,
     /// This node's id in the cluster. Defaults to the host name.
     pub node_id: String,
     /// Region label of this node.
@@ -184,6 +194,8 @@ impl Default for Config {
             rtc_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 40000),
             announced_address: None,
             admin_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090),
+            admin_token_file: None,
+            admin_token: None,
             node_id: default_node_id(),
             region: "default".into(),
             log: "info,dtls=error".into(),
@@ -240,6 +252,21 @@ pub struct ServeArgs {
     /// Admin HTTP listener [default: 127.0.0.1:9090]
     #[arg(long, env = "PIPEMESH_ADMIN_LISTEN", value_name = "ADDR:PORT")]
     pub admin_listen: Option<SocketAddr>,
+    /// File whose first line is the admin API's bearer token (or the token itself in
+    /// PIPEMESH_ADMIN_TOKEN; the file wins) [default: none, admin API open]
+    #[arg(long, env = "PIPEMESH_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// The admin API's bearer token itself. Meant for the environment (PIPEMESH_ADMIN_TOKEN):
+    /// a command-line value shows in `ps`, so the flag is not advertised.
+    #[arg(
+        long,
+        env = "PIPEMESH_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        value_parser = admin_token_text,
+        hide = true,
+        hide_env_values = true
+    )]
+    pub admin_token: Option<AdminTokenText>,
     /// Node id [default: host name]
     #[arg(long, env = "PIPEMESH_NODE_ID")]
     pub node_id: Option<String>,
@@ -388,6 +415,7 @@ impl Config {
         cfg.validate()?;
         // Refuse a missing or weak secret now rather than when the node starts listening.
         cfg.auth_secret()?;
+        cfg.load_admin_token()?;
         Ok(cfg)
     }
 
@@ -404,6 +432,12 @@ impl Config {
         }
         if let Some(v) = a.admin_listen {
             self.admin_listen = v;
+        }
+        if let Some(v) = &a.admin_token_file {
+            self.admin_token_file = Some(v.clone());
+        }
+        if let Some(v) = &a.admin_token {
+            self.admin_token = Some(v.clone());
         }
         if let Some(v) = &a.node_id {
             self.node_id = v.clone();
@@ -656,6 +690,33 @@ impl Config {
         load_auth_secret(self.auth_secret_file.as_deref())
     }
 
+    /// The admin API's bearer token: the first line of `admin_token_file` (trimmed) when set,
+    /// else `admin_token` (`PIPEMESH_ADMIN_TOKEN`); `None`: the admin API is open. An
+    /// unreadable file, or one whose first line is empty, is an error.
+    pub fn load_admin_token(&self) -> Result<Option<AdminToken>, ConfigError> {
+        let Some(path) = &self.admin_token_file else {
+            return match &self.admin_token {
+                Some(text) => text.token().map(Some).map_err(|e| ConfigError::Invalid {
+                    name: "admin_token",
+                    reason: format!("PIPEMESH_ADMIN_TOKEN: {e}"),
+                }),
+                None => Ok(None),
+            };
+        };
+        let invalid = |reason: String| ConfigError::Invalid {
+            name: "admin_token_file",
+            reason,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+        AdminToken::from_file_text(&text).map(Some).map_err(|e| {
+            invalid(format!(
+                "{}: {e} (its first line must be the token)",
+                path.display()
+            ))
+        })
+    }
+
     fn validate_etcd(&self, static_peers: bool) -> Result<(), ConfigError> {
         let invalid = |name, reason: String| Err(ConfigError::Invalid { name, reason });
         if self.etcd_lease_ttl_secs < 2 || self.etcd_lease_ttl_secs > 600 {
@@ -803,6 +864,12 @@ impl Config {
             .map(|ip| ip.to_string())
             .unwrap_or_else(|| "127.0.0.1".into())
     }
+}
+
+/// Clap's parser of `PIPEMESH_ADMIN_TOKEN`: takes it as given (checked when the node starts,
+/// so that a refused token is never echoed in clap's error).
+fn admin_token_text(s: &str) -> Result<AdminTokenText, std::convert::Infallible> {
+    Ok(AdminTokenText::new(s))
 }
 
 /// The token secret from `file` (its text, surrounding whitespace ignored), else from the
@@ -1066,6 +1133,55 @@ mod tests {
         // The secret itself never appears in the printed configuration.
         let printed = toml::to_string(&with_file).unwrap();
         assert!(printed.contains("auth_secret_file") && !printed.contains("too short"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn admin_token_from_its_file_else_the_environment() {
+        use crate::admin::token::AdminTokenText;
+        assert!(Config::default().load_admin_token().unwrap().is_none());
+        let dir = std::env::temp_dir().join(format!("pipemesh-admin-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "  file-token \nsecond line\n").unwrap();
+
+        // From the environment (clap hands it over as text, checked here).
+        let mut cfg = Config::default();
+        cfg.apply(&ServeArgs {
+            admin_token: Some(AdminTokenText::new("env-token")),
+            ..Default::default()
+        });
+        let t = cfg.load_admin_token().unwrap().expect("a token");
+        assert!(t.matches("env-token"));
+        // The file wins.
+        cfg.apply(&ServeArgs {
+            admin_token_file: Some(file.clone()),
+            ..Default::default()
+        });
+        let t = cfg.load_admin_token().unwrap().expect("a token");
+        assert!(t.matches("file-token") && !t.matches("env-token"));
+        // Neither the token nor the file's text is printed; the file's name is.
+        let printed = toml::to_string(&cfg).unwrap();
+        assert!(printed.contains("admin_token_file"), "{printed}");
+        assert!(!printed.contains("env-token") && !printed.contains("file-token"));
+        assert!(!format!("{cfg:?}").contains("env-token"));
+
+        // An empty file, a missing file and an empty variable refuse to start.
+        std::fs::write(&file, "\n").unwrap();
+        let err = cfg.load_admin_token().unwrap_err().to_string();
+        assert!(
+            err.contains("admin_token_file") && err.contains("empty"),
+            "{err}"
+        );
+        cfg.admin_token_file = Some(dir.join("absent"));
+        let err = cfg.load_admin_token().unwrap_err().to_string();
+        assert!(err.contains("cannot read"), "{err}");
+        let blank = Config {
+            admin_token: Some(AdminTokenText::new("  ")),
+            ..Config::default()
+        };
+        let err = blank.load_admin_token().unwrap_err().to_string();
+        assert!(err.contains("PIPEMESH_ADMIN_TOKEN"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -196,6 +196,7 @@ async fn start_node(
     ),
     NodeError,
 > {
+    let (started, started_at_ms) = (Instant::now(), unix_ms());
     let bind = |what, addr, source| NodeError::Bind { what, addr, source };
     let udp = UdpSocket::bind(cfg.rtc_listen)
         .await
@@ -209,6 +210,7 @@ async fn start_node(
     let signaling = TcpListener::bind(cfg.signaling_listen)
         .await
         .map_err(|e| bind("signaling", cfg.signaling_listen, e))?;
+    let admin_token = cfg.load_admin_token()?;
     let admin = TcpListener::bind(cfg.admin_listen)
         .await
         .map_err(|e| bind("admin", cfg.admin_listen, e))?;
@@ -337,6 +339,9 @@ async fn start_node(
         .parsed_static_peers()
         .map(|v| v.into_iter().map(|p| p.node_id).collect())
         .unwrap_or_default();
+    log_admin_access(&cfg, addrs.admin, admin_token.is_some());
+    let (cpu_tx, cpu_percent) = tokio::sync::watch::channel(None);
+    tasks.spawn(crate::admin::api::sample_cpu(cpu_tx, stop.subscribe()));
     let admin_app = crate::admin::router(AdminState {
         node_id: cfg.node_id.clone(),
         region: cfg.region.clone(),
@@ -347,6 +352,12 @@ async fn start_node(
         registry: registry_status,
         registry_kind,
         inspect: inspect_tx.clone(),
+        token: admin_token,
+        process: crate::admin::api::ProcessInfo {
+            started,
+            started_at_ms,
+            cpu_percent,
+        },
     });
     let mut s = stop.subscribe();
     tasks.spawn(async move {
@@ -360,6 +371,22 @@ async fn start_node(
         }
     });
     Ok((addrs, stop, tasks, inspect_tx))
+}
+
+/// Says at start who may use the admin API: token holders, or anyone who reaches the
+/// listener (a warning unless that is loopback only).
+fn log_admin_access(cfg: &Config, admin: SocketAddr, token: bool) {
+    if token {
+        if cfg.admin_token_file.is_some() && cfg.admin_token.is_some() {
+            tracing::warn!("admin API: PIPEMESH_ADMIN_TOKEN ignored, --admin-token-file wins");
+        }
+        tracing::info!(%admin, "admin API: bearer token required (except /healthz and /readyz)");
+    } else if !admin.ip().is_loopback() {
+        tracing::warn!(
+            %admin,
+            "admin API open to anyone who reaches it (no --admin-token-file or PIPEMESH_ADMIN_TOKEN)"
+        );
+    }
 }
 
 /// Starts the pipe endpoint when pipes are configured: the identity from the cluster PKI (or
@@ -652,6 +679,12 @@ async fn worker_task(
                 }
                 Inspect::Links(reply) => {
                     let _ = reply.send(worker.pipe_stream_counts());
+                }
+                Inspect::Node(reply) => {
+                    let _ = reply.send(worker.node_counts());
+                }
+                Inspect::Room { room, node, reply } => {
+                    let _ = reply.send(worker.room_report(Instant::now(), &room, &node));
                 }
                 Inspect::Drain { draining, deadline_ms } => {
                     worker.set_draining(Instant::now(), draining, deadline_ms);

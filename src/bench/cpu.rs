@@ -52,14 +52,12 @@ fn proc_stat_host(stat: &str) -> Option<(Duration, usize)> {
     Some((Duration::from_millis(ticks * 10), cores))
 }
 
-/// `utime + stime` of a `/proc/<pid>/stat` line, at the USER_HZ of 100 that Linux uses there.
+/// `utime + stime` of a `/proc/<pid>/stat` line ([`crate::procfs::stat_cpu_ticks`]).
 fn proc_stat_cpu(stat: &str) -> Option<Duration> {
-    // Fields after the command name (which may contain spaces and parentheses).
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command name.
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
+    let ticks = crate::procfs::stat_cpu_ticks(stat)?;
+    Some(Duration::from_millis(
+        ticks.checked_mul(1000)? / crate::procfs::USER_HZ,
+    ))
 }
 
 #[cfg(all(target_os = "linux", target_pointer_width = "64"))]

@@ -12,6 +12,7 @@
 
 mod media;
 mod pipe;
+pub mod report;
 mod room;
 mod transport;
 

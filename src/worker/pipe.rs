@@ -90,6 +90,16 @@ impl Pipes {
         }
     }
 
+    /// Pipe links up.
+    pub(super) fn links_up(&self) -> usize {
+        self.up.len()
+    }
+
+    /// The node a pipe producer's subscription goes to (its origin today).
+    pub(super) fn subscribed_via(&self, producer: &ProducerId) -> Option<&NodeId> {
+        self.remote.get(producer).map(|(_, node)| node)
+    }
+
     fn link(&mut self, now: Instant, node: &NodeId) -> &mut Subscriptions {
         let up = self.up.contains(node);
         let config = self.sub_config.clone();

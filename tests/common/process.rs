@@ -62,6 +62,17 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 impl NodeProcess {
     /// The arguments of a cluster node on free loopback ports, with insecure pipes.
     pub fn spawn(id: &str, etcd: &str, cluster: &str, extra: &[&str]) -> NodeProcess {
+        Self::spawn_with_env(id, etcd, cluster, extra, &[])
+    }
+
+    /// [`NodeProcess::spawn`] with more environment variables.
+    pub fn spawn_with_env(
+        id: &str,
+        etcd: &str,
+        cluster: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> NodeProcess {
         let signaling = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
         let rtc = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
@@ -84,6 +95,7 @@ impl NodeProcess {
             .arg("--announced-address=127.0.0.1")
             .arg("--insecure-pipes")
             .args(extra)
+            .envs(env.iter().copied())
             .env(
                 "PIPEMESH_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info,dtls=error".into()),

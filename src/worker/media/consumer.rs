@@ -189,6 +189,12 @@ impl Consumer {
             .map(|(s, _)| s as usize)
     }
 
+    /// Layers forwarded now, (spatial, temporal): `None` for a consumer that is not
+    /// simulcast, or before its first layer.
+    pub fn current_layers(&self) -> Option<(u8, u8)> {
+        self.selector.as_ref()?.current_layers()
+    }
+
     /// Encoding currently forwarded (simulcast), or 0.
     pub(super) fn current_encoding(&self) -> Option<usize> {
         match &self.selector {

@@ -12,6 +12,18 @@ pub(super) struct ProducerStream {
     pub(super) last_packet: Option<Instant>,
 }
 
+/// One encoding of a producer as received, for reports.
+pub(in crate::worker) struct EncodingReceived {
+    /// Its RTP stream id, if it has one.
+    pub(in crate::worker) rid: Option<String>,
+    /// Its SSRC, once known.
+    pub(in crate::worker) ssrc: Option<u32>,
+    /// When its last packet arrived.
+    pub(in crate::worker) last_packet: Option<Instant>,
+    /// Received bitrate over the last second, bits per second.
+    pub(in crate::worker) bitrate_bps: u64,
+}
+
 /// Where a producer's media comes from.
 #[derive(Debug)]
 pub enum Source {
@@ -363,6 +375,19 @@ impl Producer {
     /// Whether the producer has more than one encoding (simulcast).
     pub fn is_simulcast(&self) -> bool {
         self.streams.len() > 1
+    }
+
+    /// Each encoding as received, in order.
+    pub(in crate::worker) fn encodings_received(&mut self, now: Instant) -> Vec<EncodingReceived> {
+        self.streams
+            .iter_mut()
+            .map(|s| EncodingReceived {
+                rid: s.rid.clone(),
+                ssrc: s.ssrc,
+                last_packet: s.last_packet,
+                bitrate_bps: s.stats.bitrate_bps(now),
+            })
+            .collect()
     }
 
     /// Next media deadline.

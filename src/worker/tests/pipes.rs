@@ -1745,3 +1745,5 @@ fn subscribed_with_stream_ids_beyond_u32_is_refused() {
         cl.counters(B).pipe_control_refused.load(Relaxed)
     );
 }
+
+mod report;
