@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::etcd::Registry;
 use super::snapshot::Snapshot;
 use super::{block_on, human_duration, now_ms, print_json, print_out, render_table};
-use super::{warn_malformed, CliError, CommonArgs, Output};
+use super::{warn_malformed, CliError, CommonArgs, Format};
 use crate::discovery::keys::NodeState;
 
 /// Flags of `pipemesh nodes`.
@@ -147,6 +147,7 @@ pub fn render(rows: &[NodeRow], now_ms: u64) -> String {
 
 /// `pipemesh nodes`.
 pub fn run(args: &NodesArgs) -> Result<(), CliError> {
+    let format = args.common.format()?;
     let snapshot = block_on(async {
         let mut registry = Registry::connect(&args.common).await?;
         let mut kvs = registry.list("nodes/").await?;
@@ -155,9 +156,9 @@ pub fn run(args: &NodesArgs) -> Result<(), CliError> {
     })?;
     let now = now_ms();
     let rows = node_rows(&snapshot, now);
-    match args.common.output {
-        Output::Json => print_json(&rows)?,
-        Output::Table => print_out(&render(&rows, now))?,
+    match format {
+        Format::Json => print_json(&rows)?,
+        Format::Table => print_out(&render(&rows, now))?,
     }
     warn_malformed(snapshot.malformed);
     Ok(())

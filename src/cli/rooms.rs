@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::etcd::Registry;
 use super::snapshot::{RoomEntries, Snapshot};
 use super::{block_on, print_json, print_out, render_table, warn_malformed};
-use super::{CliError, CommonArgs, Output};
+use super::{CliError, CommonArgs, Format};
 use crate::discovery::keys::encode_segment;
 use crate::ids::{NodeId, RoomId};
 use crate::router::rtp_parameters::MediaKind;
@@ -212,6 +212,7 @@ fn kind_name(kind: MediaKind) -> &'static str {
 
 /// `pipemesh rooms [ROOM]`.
 pub fn run(args: &RoomsArgs) -> Result<(), CliError> {
+    let output = args.common.format()?;
     let sub = match &args.room {
         Some(room) => format!("rooms/{}/", encode_segment(room)),
         None => "rooms/".to_owned(),
@@ -220,13 +221,12 @@ pub fn run(args: &RoomsArgs) -> Result<(), CliError> {
         let mut registry = Registry::connect(&args.common).await?;
         Ok(Snapshot::from_kvs(&registry.list(&sub).await?))
     })?;
-    let output = args.common.output;
     let printed = match &args.room {
         None => {
             let rows = room_rows(&snapshot);
             match output {
-                Output::Json => print_json(&rows),
-                Output::Table => print_out(&render_rows(&rows)),
+                Format::Json => print_json(&rows),
+                Format::Table => print_out(&render_rows(&rows)),
             }
         }
         Some(room) => match room_detail(&snapshot, room) {
@@ -235,8 +235,8 @@ pub fn run(args: &RoomsArgs) -> Result<(), CliError> {
                 args.common.cluster
             ))),
             Some(detail) => match output {
-                Output::Json => print_json(&detail),
-                Output::Table => print_out(&render_detail(&detail)),
+                Format::Json => print_json(&detail),
+                Format::Table => print_out(&render_detail(&detail)),
             },
         },
     };

@@ -1,0 +1,488 @@
+//! The operator commands' HTTP glue to the nodes' admin endpoints (`adminUrl` in each node
+//! record): plain `http://host:port` GETs of JSON, every one bounded in time (`--timeout`,
+//! connecting included) and size ([`MAX_BODY`]), with the operator's token as
+//! `Authorization: Bearer` when there is one. Nodes are asked concurrently
+//! ([`AdminClient::get_all`]); what goes wrong is an [`AdminError`] for that node, never a
+//! failure of the command.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, USER_AGENT};
+use hyper::{Request, StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+use tokio::time::{timeout, Instant};
+
+use super::{waiting_line, CliError, CommonArgs, Progress};
+use crate::ids::NodeId;
+
+/// Largest answer read from a node (a room with thousands of peers stays well under it).
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+/// How long the nodes may take before the progress line appears.
+const PROGRESS_AFTER: Duration = Duration::from_millis(500);
+/// Longest part of an error body quoted in a message.
+const QUOTE: usize = 200;
+
+/// Why a node's admin endpoint gave no usable answer.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AdminError {
+    /// The registry has no record of the node (it named itself in a room, then went away).
+    #[error("unreachable: no node record (is it running?)")]
+    NoRecord,
+    /// Its record has no admin URL.
+    #[error("unreachable: its record has no admin URL")]
+    NoUrl,
+    /// The admin URL is not `http://host:port`.
+    #[error("unreachable: admin URL {0:?} is not http://host:port")]
+    BadUrl(String),
+    /// No connection.
+    #[error("unreachable: {0}")]
+    Connect(String),
+    /// No complete answer in time.
+    #[error("unreachable: no answer within {0}")]
+    Timeout(String),
+    /// 401 or 403.
+    #[error("unauthorized (check --admin-token-file)")]
+    Unauthorized,
+    /// 404: the node does not serve the path (an older version), or has nothing of what was
+    /// asked for (a room it does not host); the node's message, if any.
+    #[error("{path}: not found{}", quoted(.message))]
+    NotFound {
+        /// The path asked for.
+        path: String,
+        /// The node's `error`, or the start of its body.
+        message: String,
+    },
+    /// Another status.
+    #[error("{path}: HTTP {status}{}", quoted(.message))]
+    Status {
+        /// The path asked for.
+        path: String,
+        /// The status code.
+        status: u16,
+        /// The node's `error`, or the start of its body.
+        message: String,
+    },
+    /// An answer over [`MAX_BODY`].
+    #[error("{0}: answer larger than {MAX_BODY} bytes")]
+    TooLarge(String),
+    /// Not the JSON expected.
+    #[error("{path}: unreadable answer: {reason}")]
+    BadJson {
+        /// The path asked for.
+        path: String,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// The answer is another node's (a stale record whose port is now someone else's).
+    #[error("answered as node {0:?} (a stale record?)")]
+    WrongNode(String),
+}
+
+fn quoted(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(" ({message})")
+    }
+}
+
+impl AdminError {
+    /// The node did not answer at all (as opposed to answering with an error).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            AdminError::NoRecord
+                | AdminError::NoUrl
+                | AdminError::BadUrl(_)
+                | AdminError::Connect(_)
+                | AdminError::Timeout(_)
+        )
+    }
+
+    /// A word for a table's state column: `unreachable`, `unauthorized`, or `None` when the
+    /// node answered and the row keeps its registry state.
+    pub fn state_word(&self) -> Option<&'static str> {
+        if self.is_unreachable() {
+            Some("unreachable")
+        } else if *self == AdminError::Unauthorized {
+            Some("unauthorized")
+        } else {
+            None
+        }
+    }
+}
+
+/// Checks that an answer from `node` says it is `node` (an empty id is taken on trust).
+pub fn check_node(node: &NodeId, answered: &str) -> Result<(), AdminError> {
+    if answered.is_empty() || answered == node.as_str() {
+        Ok(())
+    } else {
+        Err(AdminError::WrongNode(answered.to_owned()))
+    }
+}
+
+/// `http://host:port` + `path`; anything else in `admin_url` is refused.
+pub fn admin_uri(admin_url: &str, path: &str) -> Result<Uri, AdminError> {
+    let bad = || AdminError::BadUrl(admin_url.to_owned());
+    if admin_url.is_empty() {
+        return Err(AdminError::NoUrl);
+    }
+    let base: Uri = admin_url.parse().map_err(|_| bad())?;
+    let authority = base.authority().ok_or_else(bad)?;
+    let bare_path = matches!(base.path(), "" | "/") && base.query().is_none();
+    if base.scheme_str() != Some("http") || !bare_path || authority.as_str().contains('@') {
+        return Err(bad());
+    }
+    format!("http://{authority}{path}")
+        .parse()
+        .map_err(|_| bad())
+}
+
+/// The admin token: the first line of `file`, else `env` (PIPEMESH_ADMIN_TOKEN); `None` when
+/// neither gives one. An unreadable or empty file, or a token that cannot be a header, is a
+/// usage error.
+pub fn admin_token(file: Option<&Path>, env: Option<String>) -> Result<Option<String>, CliError> {
+    let token = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                CliError::Usage(format!(
+                    "cannot read --admin-token-file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let token = text.lines().next().unwrap_or("").trim().to_owned();
+            if token.is_empty() {
+                return Err(CliError::Usage(format!(
+                    "the admin token file {} is empty",
+                    path.display()
+                )));
+            }
+            token
+        }
+        None => match env.map(|t| t.trim().to_owned()) {
+            Some(t) if !t.is_empty() => t,
+            _ => return Ok(None),
+        },
+    };
+    if HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
+        return Err(CliError::Usage(
+            "the admin token has characters a header cannot carry".into(),
+        ));
+    }
+    Ok(Some(token))
+}
+
+/// What a node's `{"error": ...}` body says, else its first characters, on one line.
+fn error_message(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct ErrorBody {
+        error: String,
+    }
+    let text = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => e.error,
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    };
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(QUOTE) {
+        Some((at, _)) => format!("{}...", &line[..at]),
+        None => line,
+    }
+}
+
+/// The answer to a GET of `path` with `status` and `body`, decoded as `T`.
+pub fn decode<T: DeserializeOwned>(path: &str, status: u16, body: &[u8]) -> Result<T, AdminError> {
+    match status {
+        200 => serde_json::from_slice(body).map_err(|e| AdminError::BadJson {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        }),
+        401 | 403 => Err(AdminError::Unauthorized),
+        404 => Err(AdminError::NotFound {
+            path: path.to_owned(),
+            message: error_message(body),
+        }),
+        status => Err(AdminError::Status {
+            path: path.to_owned(),
+            status,
+            message: error_message(body),
+        }),
+    }
+}
+
+/// Where to reach one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The node.
+    pub node: NodeId,
+    /// Its `adminUrl` (empty when unknown).
+    pub admin_url: String,
+    /// Why it cannot be asked, known beforehand (no record).
+    pub known_error: Option<AdminError>,
+}
+
+/// An HTTP/1 client for the admin endpoints.
+#[derive(Clone)]
+pub struct AdminClient {
+    client: Client<HttpConnector, Empty<Bytes>>,
+    bearer: Option<HeaderValue>,
+    timeout: Duration,
+}
+
+impl AdminClient {
+    /// A client with the flags' token and timeout (reads the token file).
+    pub fn new(args: &CommonArgs) -> Result<AdminClient, CliError> {
+        let token = admin_token(
+            args.admin_token_file.as_deref(),
+            std::env::var("PIPEMESH_ADMIN_TOKEN").ok(),
+        )?;
+        let bearer = token
+            .map(|t| HeaderValue::from_str(&format!("Bearer {t}")))
+            .transpose()
+            .map_err(|_| CliError::Usage("the admin token cannot be a header".into()))?
+            .map(|mut v| {
+                v.set_sensitive(true);
+                v
+            });
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(args.timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build(connector);
+        Ok(AdminClient {
+            client,
+            bearer,
+            timeout: args.timeout,
+        })
+    }
+
+    /// GET `path` from the node at `admin_url`, decoded as `T`, all within `--timeout`.
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        admin_url: &str,
+        path: &str,
+    ) -> Result<T, AdminError> {
+        let uri = admin_uri(admin_url, path)?;
+        let mut request = Request::get(uri).header(ACCEPT, "application/json").header(
+            USER_AGENT,
+            concat!("pipemesh-cli/", env!("CARGO_PKG_VERSION")),
+        );
+        if let Some(bearer) = &self.bearer {
+            request = request.header(AUTHORIZATION, bearer.clone());
+        }
+        let request = request
+            .body(Empty::new())
+            .map_err(|_| AdminError::BadUrl(admin_url.to_owned()))?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| AdminError::Connect(connect_reason(&e)))?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        AdminError::TooLarge(path.to_owned())
+                    } else {
+                        AdminError::Connect(format!("reading the answer: {e}"))
+                    }
+                })?
+                .to_bytes();
+            Ok::<_, AdminError>((status, body))
+        };
+        let (status, body) = timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| AdminError::Timeout(format!("{:?}", self.timeout)))??;
+        decode(path, status_code(status), &body)
+    }
+
+    /// GETs `path_of(node)` from every target at once, returning each node's answer. While
+    /// some are slow, a progress line names them (on a terminal).
+    pub async fn get_all<T: DeserializeOwned>(
+        &self,
+        targets: Vec<Target>,
+        path_of: impl Fn(&NodeId) -> String,
+    ) -> BTreeMap<NodeId, Result<T, AdminError>> {
+        let mut out = BTreeMap::new();
+        let mut pending = BTreeSet::new();
+        let mut asks = FuturesUnordered::new();
+        for target in targets {
+            if let Some(e) = target.known_error {
+                out.insert(target.node, Err(e));
+                continue;
+            }
+            pending.insert(target.node.clone());
+            let path = path_of(&target.node);
+            asks.push(async move {
+                let answer = self.get::<T>(&target.admin_url, &path).await;
+                (target.node, answer)
+            });
+        }
+        let started = Instant::now();
+        let mut progress = Progress::stderr();
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                next = asks.next() => match next {
+                    Some((node, answer)) => {
+                        pending.remove(&node);
+                        out.insert(node, answer);
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => if started.elapsed() >= PROGRESS_AFTER {
+                    let names: Vec<&str> = pending.iter().map(NodeId::as_str).collect();
+                    progress.show(&waiting_line(&names));
+                },
+            }
+        }
+        progress.clear();
+        out
+    }
+}
+
+fn status_code(status: StatusCode) -> u16 {
+    status.as_u16()
+}
+
+/// The innermost cause of a failed request ("Connection refused (os error 111)"), which is
+/// what an operator needs, rather than the client's outer "client error (Connect)".
+fn connect_reason(e: &hyper_util::client::legacy::Error) -> String {
+    let mut source: &dyn std::error::Error = e;
+    while let Some(inner) = source.source() {
+        source = inner;
+    }
+    source.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_http_host_port_urls_are_asked() {
+        assert_eq!(
+            admin_uri("http://127.0.0.1:9090", "/api/v1/links")
+                .unwrap()
+                .to_string(),
+            "http://127.0.0.1:9090/api/v1/links"
+        );
+        assert_eq!(
+            admin_uri("http://[::1]:9090/", "/api/v1/node")
+                .unwrap()
+                .to_string(),
+            "http://[::1]:9090/api/v1/node"
+        );
+        assert_eq!(admin_uri("", "/x"), Err(AdminError::NoUrl));
+        for bad in [
+            "https://a:9090",
+            "ftp://a",
+            "a:9090",
+            "http://a:9090/admin",
+            "http://a:9090?x=1",
+            "http://user@a:9090",
+            "http://",
+            "not a url",
+        ] {
+            assert_eq!(
+                admin_uri(bad, "/x"),
+                Err(AdminError::BadUrl(bad.into())),
+                "{bad}"
+            );
+        }
+        let e = admin_uri("https://a:1", "/x").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"unreachable: admin URL "https://a:1" is not http://host:port"#
+        );
+        assert!(e.is_unreachable());
+    }
+
+    #[test]
+    fn statuses_become_per_node_errors() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Answer {
+            n: u32,
+        }
+        assert_eq!(
+            decode::<Answer>("/p", 200, br#"{"n":1}"#),
+            Ok(Answer { n: 1 })
+        );
+        let e = decode::<Answer>("/p", 401, b"").unwrap_err();
+        assert_eq!(e.to_string(), "unauthorized (check --admin-token-file)");
+        assert_eq!(e.state_word(), Some("unauthorized"));
+        assert_eq!(
+            decode::<Answer>("/p", 403, b""),
+            Err(AdminError::Unauthorized)
+        );
+        let e = decode::<Answer>("/api/v1/rooms/r", 404, br#"{"error":"no room r"}"#).unwrap_err();
+        assert_eq!(e.to_string(), "/api/v1/rooms/r: not found (no room r)");
+        assert!(!e.is_unreachable() && e.state_word().is_none());
+        assert_eq!(
+            decode::<Answer>("/p", 404, b"").unwrap_err().to_string(),
+            "/p: not found"
+        );
+        let e = decode::<Answer>("/p", 503, &[b'x'; 1000]).unwrap_err();
+        assert!(e.to_string().starts_with("/p: HTTP 503 (xxx"), "{e}");
+        assert!(e.to_string().len() < 250, "{e}");
+        let e = decode::<Answer>("/p", 200, b"<html>").unwrap_err();
+        assert!(e.to_string().starts_with("/p: unreadable answer: "), "{e}");
+        assert_eq!(error_message(b"line one\n  line two"), "line one line two");
+    }
+
+    #[test]
+    fn the_token_comes_from_the_file_or_the_environment() {
+        let dir = std::env::temp_dir().join(format!("pipemesh-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "  s3cret \nignored\n").unwrap();
+        assert_eq!(
+            admin_token(Some(&file), Some("env".into())).unwrap(),
+            Some("s3cret".into())
+        );
+        assert_eq!(
+            admin_token(None, Some(" env ".into())).unwrap(),
+            Some("env".into())
+        );
+        assert_eq!(admin_token(None, Some("".into())).unwrap(), None);
+        assert_eq!(admin_token(None, None).unwrap(), None);
+        std::fs::write(&file, "\n").unwrap();
+        let e = admin_token(Some(&file), None).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("is empty"), "{e}");
+        let e = admin_token(Some(&dir.join("missing")), None).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(
+            e.to_string().starts_with("cannot read --admin-token-file"),
+            "{e}"
+        );
+        assert_eq!(
+            admin_token(None, Some("a\u{7f}b".into()))
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_answer_must_come_from_the_node_asked() {
+        let n1 = NodeId::from("n1");
+        assert_eq!(check_node(&n1, "n1"), Ok(()));
+        assert_eq!(check_node(&n1, ""), Ok(()));
+        let e = check_node(&n1, "n9").unwrap_err();
+        assert_eq!(e.to_string(), r#"answered as node "n9" (a stale record?)"#);
+    }
+}
