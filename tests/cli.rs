@@ -259,7 +259,16 @@ async fn nodes_rooms_drain_and_undrain_against_a_three_node_cluster() {
         assert_eq!(table.code, Some(0), "{}", table.stderr);
         let mut lines = table.stdout.lines();
         let header = lines.next().unwrap();
-        for h in ["NODE", "REGION", "STATE", "PEERS", "PRODUCERS", "UPTIME"] {
+        for h in [
+            "NODE",
+            "REGION",
+            "STATE",
+            "PEERS",
+            "TRANSPORTS",
+            "PRODUCERS",
+            "CPU",
+            "UPTIME",
+        ] {
             assert!(header.contains(h), "{header}");
         }
         assert!(
@@ -267,6 +276,7 @@ async fn nodes_rooms_drain_and_undrain_against_a_three_node_cluster() {
             "{}",
             table.stdout
         );
+        eprintln!("$ pipemesh nodes\n{}{}", table.stdout, table.stderr);
 
         // Rooms: r on n1 and n2, with both peers and pub's two producers.
         poll_json(ep, &["rooms"], WAIT, |v| {
@@ -408,6 +418,29 @@ async fn nodes_rooms_drain_and_undrain_against_a_three_node_cluster() {
             assert!(table.stdout.contains(row), "{}", table.stdout);
         }
         eprintln!("$ pipemesh topology (with n4-n6 not answering)\n{}{}", table.stdout, table.stderr);
+        let run = cli(ep, &["nodes", "-o", "json", "--timeout=1s", &token_flag]).await;
+        let v = run.json();
+        for id in ["n1", "n2", "n3"] {
+            assert_eq!(node(&v, id)["reachable"], true, "{v:#}");
+        }
+        let n4 = node(&v, "n4");
+        assert_eq!(n4["reachable"], false, "{n4}");
+        assert_eq!(n4["live"], false, "{n4}");
+        assert_eq!(n4["state"], "serving", "{n4}");
+        assert_eq!(n4["adminError"], "unreachable: no answer within 1s", "{n4}");
+        assert_eq!(node(&v, "n6")["reachable"], true, "{v:#}");
+        assert!(
+            run.stderr
+                .contains("pipemesh: warning: n6: unauthorized (check --admin-token-file)"),
+            "{}",
+            run.stderr
+        );
+        let table = cli(ep, &["nodes", "--timeout=1s"]).await;
+        assert_eq!(table.code, Some(0), "{}", table.stderr);
+        for row in ["n4     us       unreachable", "n6     us       unauthorized"] {
+            assert!(table.stdout.contains(row), "{}", table.stdout);
+        }
+        eprintln!("$ pipemesh nodes (with n4-n6 not answering)\n{}{}", table.stdout, table.stderr);
         std::fs::remove_file(&token).unwrap();
         let _ = (&silent, &mut c3);
     })

@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 use tokio::time::{timeout, Instant};
 
+use super::snapshot::Snapshot;
 use super::{waiting_line, CliError, CommonArgs, Progress};
 use crate::ids::NodeId;
 
@@ -119,6 +120,22 @@ impl AdminError {
             None
         }
     }
+}
+
+/// An answer that names the node that gave it.
+pub trait Answer {
+    /// The `nodeId` in the answer (empty when absent).
+    fn answered_by(&self) -> &str;
+}
+
+/// `answer`, unless it comes from another node than `node` ([`check_node`]).
+pub fn check_answer<T: Answer>(
+    node: &NodeId,
+    answer: Result<T, AdminError>,
+) -> Result<T, AdminError> {
+    let answer = answer?;
+    check_node(node, answer.answered_by())?;
+    Ok(answer)
 }
 
 /// Checks that an answer from `node` says it is `node` (an empty id is taken on trust).
@@ -229,6 +246,29 @@ pub struct Target {
     pub known_error: Option<AdminError>,
 }
 
+/// Where to ask each of `nodes`: at the admin URL of its record (a node without a record
+/// cannot be asked).
+pub fn targets<'a>(
+    snapshot: &Snapshot,
+    nodes: impl IntoIterator<Item = &'a NodeId>,
+) -> Vec<Target> {
+    nodes
+        .into_iter()
+        .map(|node| match snapshot.nodes.get(node) {
+            Some(record) => Target {
+                node: node.clone(),
+                admin_url: record.admin_url.clone(),
+                known_error: None,
+            },
+            None => Target {
+                node: node.clone(),
+                admin_url: String::new(),
+                known_error: Some(AdminError::NoRecord),
+            },
+        })
+        .collect()
+}
+
 /// An HTTP/1 client for the admin endpoints.
 #[derive(Clone)]
 pub struct AdminClient {
@@ -308,9 +348,10 @@ impl AdminClient {
         decode(path, status_code(status), &body)
     }
 
-    /// GETs `path_of(node)` from every target at once, returning each node's answer. While
-    /// some are slow, a progress line names them (on a terminal).
-    pub async fn get_all<T: DeserializeOwned>(
+    /// GETs `path_of(node)` from every target at once, returning each node's answer (an
+    /// answer from another node is an error). While some are slow, a progress line names
+    /// them (on a terminal).
+    pub async fn get_all<T: DeserializeOwned + Answer>(
         &self,
         targets: Vec<Target>,
         path_of: impl Fn(&NodeId) -> String,
@@ -327,6 +368,7 @@ impl AdminClient {
             let path = path_of(&target.node);
             asks.push(async move {
                 let answer = self.get::<T>(&target.admin_url, &path).await;
+                let answer = check_answer(&target.node, answer);
                 (target.node, answer)
             });
         }
@@ -478,11 +520,43 @@ mod tests {
     }
 
     #[test]
+    fn nodes_are_asked_at_their_records_admin_url() {
+        let s = Snapshot::from_kvs(&[
+            ("nodes/n1", r#"{"nodeId":"n1","adminUrl":"http://a:1"}"#),
+            ("nodes/n2", r#"{"nodeId":"n2"}"#),
+        ]);
+        let n3 = NodeId::from("n3");
+        let t = targets(&s, s.nodes.keys().chain([&n3]));
+        assert_eq!(t.len(), 3);
+        assert_eq!(
+            (t[0].admin_url.as_str(), &t[0].known_error),
+            ("http://a:1", &None)
+        );
+        assert_eq!((t[1].admin_url.as_str(), &t[1].known_error), ("", &None));
+        assert_eq!(t[2].known_error, Some(AdminError::NoRecord));
+    }
+
+    #[test]
     fn an_answer_must_come_from_the_node_asked() {
         let n1 = NodeId::from("n1");
         assert_eq!(check_node(&n1, "n1"), Ok(()));
         assert_eq!(check_node(&n1, ""), Ok(()));
         let e = check_node(&n1, "n9").unwrap_err();
         assert_eq!(e.to_string(), r#"answered as node "n9" (a stale record?)"#);
+        struct A(&'static str);
+        impl Answer for A {
+            fn answered_by(&self) -> &str {
+                self.0
+            }
+        }
+        assert!(check_answer(&n1, Ok(A("n1"))).is_ok());
+        assert_eq!(
+            check_answer(&n1, Ok(A("n2"))).err(),
+            Some(AdminError::WrongNode("n2".into()))
+        );
+        assert_eq!(
+            check_answer::<A>(&n1, Err(AdminError::Unauthorized)).err(),
+            Some(AdminError::Unauthorized)
+        );
     }
 }
