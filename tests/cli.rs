@@ -318,6 +318,13 @@ async fn nodes_rooms_drain_and_undrain_against_a_three_node_cluster() {
             .collect();
         kinds.sort();
         assert_eq!(kinds, ["audio", "video"]);
+        for n in r["nodes"].as_array().unwrap() {
+            assert_eq!(n["reachable"], true, "{r:#}");
+        }
+        let detail = cli(ep, &["rooms", "r"]).await;
+        assert_eq!(detail.code, Some(0), "{}", detail.stderr);
+        assert!(detail.stdout.contains("CONSUMED ON"), "{}", detail.stdout);
+        eprintln!("$ pipemesh rooms r\n{}{}", detail.stdout, detail.stderr);
         let missing = cli(ep, &["rooms", "nosuch"]).await;
         assert_eq!(missing.code, Some(1));
         assert_eq!(

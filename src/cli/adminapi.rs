@@ -246,6 +246,31 @@ pub struct Target {
     pub known_error: Option<AdminError>,
 }
 
+/// What stderr says about the nodes' answers: one note naming the nodes that answered 404
+/// (`note` says what that means for the command: older nodes lack the endpoint), then a
+/// warning per other failure.
+pub fn problems<T>(
+    answers: &BTreeMap<NodeId, Result<T, AdminError>>,
+    note: impl Fn(&str) -> String,
+) -> Vec<String> {
+    let not_found: Vec<&str> = answers
+        .iter()
+        .filter(|(_, a)| matches!(a, Err(AdminError::NotFound { .. })))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let mut lines = Vec::new();
+    if !not_found.is_empty() {
+        lines.push(format!("pipemesh: note: {}", note(&not_found.join(", "))));
+    }
+    for (node, answer) in answers {
+        match answer {
+            Err(AdminError::NotFound { .. }) | Ok(_) => {}
+            Err(e) => lines.push(format!("pipemesh: warning: {node}: {e}")),
+        }
+    }
+    lines
+}
+
 /// Where to ask each of `nodes`: at the admin URL of its record (a node without a record
 /// cannot be asked).
 pub fn targets<'a>(
@@ -517,6 +542,37 @@ mod tests {
             2
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn problems_are_a_note_for_404s_and_a_warning_each_else() {
+        let answers: BTreeMap<NodeId, Result<(), AdminError>> = BTreeMap::from([
+            (NodeId::from("n1"), Ok(())),
+            (
+                NodeId::from("n2"),
+                Err(AdminError::NotFound {
+                    path: "/x".into(),
+                    message: String::new(),
+                }),
+            ),
+            (NodeId::from("n3"), Err(AdminError::Unauthorized)),
+            (
+                NodeId::from("n4"),
+                Err(AdminError::NotFound {
+                    path: "/x".into(),
+                    message: String::new(),
+                }),
+            ),
+        ]);
+        assert_eq!(
+            problems(&answers, |nodes| format!("{nodes}: no /x (older?)")),
+            [
+                "pipemesh: note: n2, n4: no /x (older?)",
+                "pipemesh: warning: n3: unauthorized (check --admin-token-file)",
+            ]
+        );
+        let fine: BTreeMap<NodeId, Result<(), AdminError>> = BTreeMap::new();
+        assert!(problems(&fine, |_| unreachable!()).is_empty());
     }
 
     #[test]

@@ -211,15 +211,6 @@ pub(crate) fn warn_malformed(malformed: usize) {
     }
 }
 
-/// Per-node problems with their admin endpoints, one warning line each on stderr.
-pub(crate) fn warn_admin<N: std::fmt::Display, E: std::fmt::Display>(
-    errors: impl IntoIterator<Item = (N, E)>,
-) {
-    for (node, e) in errors {
-        eprintln!("pipemesh: warning: {node}: {e}");
-    }
-}
-
 /// A progress line on stderr while the command waits, shown only when stderr is a terminal
 /// (scripts and logs never see it); rewritten in place and erased when done.
 pub(crate) struct Progress {

@@ -10,11 +10,11 @@ use std::time::Duration;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use super::adminapi::{check_node, targets, AdminClient, AdminError, Answer};
+use super::adminapi::{check_node, problems, targets, AdminClient, AdminError, Answer};
 use super::etcd::Registry;
 use super::snapshot::Snapshot;
 use super::{block_on, human_duration, now_ms, print_json, print_out, render_table};
-use super::{warn_admin, warn_malformed, CliError, CommonArgs, Format};
+use super::{warn_malformed, CliError, CommonArgs, Format};
 use crate::discovery::keys::NodeState;
 use crate::ids::NodeId;
 
@@ -218,24 +218,9 @@ pub fn node_rows(
         .collect()
 }
 
-/// What stderr says about the answers: one note for the nodes that do not serve
-/// `/api/v1/node` (older versions), then a warning per other failure.
-pub fn admin_notes(answers: &BTreeMap<NodeId, Result<NodeInfo, AdminError>>) -> Vec<String> {
-    let older: Vec<&str> = answers
-        .iter()
-        .filter(|(_, a)| matches!(a, Err(AdminError::NotFound { .. })))
-        .map(|(n, _)| n.as_str())
-        .collect();
-    let mut notes = Vec::new();
-    if !older.is_empty() {
-        notes.push(format!(
-            "pipemesh: note: {} do{} not serve {NODE_PATH} (an older version?): {} figures are from the registry",
-            older.join(", "),
-            if older.len() == 1 { "es" } else { "" },
-            if older.len() == 1 { "its" } else { "their" },
-        ));
-    }
-    notes
+/// The note for nodes that answer 404: older versions, without the endpoint.
+pub fn older_note(nodes: &str) -> String {
+    format!("{nodes}: no {NODE_PATH} (an older version?): figures from the registry")
 }
 
 /// The state column: the node's own word (or why it did not answer), and the operator's
@@ -334,15 +319,9 @@ pub fn run(args: &NodesArgs) -> Result<(), CliError> {
         Format::Json => print_json(&rows)?,
         Format::Table => print_out(&render(&rows, now))?,
     }
-    for note in admin_notes(&answers) {
-        eprintln!("{note}");
+    for line in problems(&answers, older_note) {
+        eprintln!("{line}");
     }
-    warn_admin(
-        answers
-            .iter()
-            .filter_map(|(n, a)| a.as_ref().err().map(|e| (n, e)))
-            .filter(|(_, e)| !matches!(e, AdminError::NotFound { .. })),
-    );
     warn_malformed(snapshot.malformed);
     Ok(())
 }
@@ -519,12 +498,12 @@ mod tests {
         assert_eq!(n1.peers, 2);
         assert_eq!(state_cell(n1, 1_000), "draining (deadline in 10m0s)");
         assert_eq!(
-            admin_notes(&answers),
-            ["pipemesh: note: n1 does not serve /api/v1/node (an older version?): its figures are from the registry"]
+            problems(&answers, older_note),
+            [
+                "pipemesh: note: n1: no /api/v1/node (an older version?): figures from the registry",
+                "pipemesh: warning: n2: unreachable: Connection refused",
+            ]
         );
-        let mut both = answers.clone();
-        both.insert(NodeId::from("n2"), answers[&NodeId::from("n1")].clone());
-        assert!(admin_notes(&both)[0].starts_with("pipemesh: note: n1, n2 do not serve"));
         let unauthorized = node_rows(
             &snapshot(),
             0,

@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use super::adminapi::{check_node, targets, AdminClient, AdminError, Answer};
+use super::adminapi::{check_node, problems, targets, AdminClient, AdminError, Answer};
 use super::etcd::Registry;
 use super::snapshot::Snapshot;
-use super::{block_on, print_json, print_out, render_table, warn_admin, warn_malformed};
+use super::{block_on, print_json, print_out, render_table, warn_malformed};
 use super::{CliError, CommonArgs, Output};
 use crate::discovery::keys::NodeState;
 use crate::ids::NodeId;
@@ -537,11 +537,11 @@ pub fn run(args: &TopologyArgs) -> Result<(), CliError> {
         Output::Table => print_out(&render(&t))?,
         Output::Dot => print_out(&render_dot(&t))?,
     }
-    warn_admin(
-        t.unreachable
-            .iter()
-            .map(|u| (u.node_id.as_str(), u.error.as_str())),
-    );
+    for line in problems(&answers, |nodes| {
+        format!("{nodes}: no {LINKS_PATH} (an older version?): links unknown there")
+    }) {
+        eprintln!("{line}");
+    }
     warn_malformed(snapshot.malformed);
     Ok(())
 }
