@@ -615,4 +615,151 @@ mod tests {
             Some(AdminError::Unauthorized)
         );
     }
+
+    /// A one-request-per-connection HTTP server on loopback: `/ok` answers JSON naming the
+    /// `Authorization` header it got, `/big` more than [`MAX_BODY`], `/slow` nothing.
+    async fn server() -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    let auth = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("authorization: "))
+                        .unwrap_or("")
+                        .trim()
+                        .to_owned();
+                    match path.as_str() {
+                        "/ok" => {
+                            let body = format!(r#"{{"nodeId":"n1","auth":"{auth}"}}"#);
+                            let _ = s
+                                .write_all(
+                                    format!(
+                                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                                        body.len()
+                                    )
+                                    .as_bytes(),
+                                )
+                                .await;
+                        }
+                        "/big" => {
+                            let len = MAX_BODY + 1;
+                            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+                            let _ = s.write_all(head.as_bytes()).await;
+                            let _ = s.write_all(&vec![b' '; len]).await;
+                        }
+                        _ => tokio::time::sleep(Duration::from_secs(30)).await,
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn common(timeout: Duration, token_file: Option<std::path::PathBuf>) -> CommonArgs {
+        CommonArgs {
+            etcd_endpoints: vec![],
+            cluster: "c".into(),
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
+            etcd_user: None,
+            etcd_password_file: None,
+            admin_token_file: token_file,
+            output: super::super::Output::Table,
+            timeout,
+        }
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(rename_all = "camelCase")]
+    struct Echo {
+        node_id: String,
+        auth: String,
+    }
+
+    impl Answer for Echo {
+        fn answered_by(&self) -> &str {
+            &self.node_id
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_carry_the_token_and_are_bounded_in_size_and_time() {
+        let addr = server().await;
+        let url = format!("http://{addr}");
+        let file = std::env::temp_dir().join(format!("pipemesh-bearer-{}", std::process::id()));
+        std::fs::write(&file, "abc\n").unwrap();
+        let client =
+            AdminClient::new(&common(Duration::from_millis(500), Some(file.clone()))).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        let echo: Echo = client.get(&url, "/ok").await.unwrap();
+        assert_eq!(echo.auth, "bearer abc");
+        assert_eq!(
+            client.get::<Echo>(&url, "/big").await.unwrap_err(),
+            AdminError::TooLarge("/big".into())
+        );
+        let t = Instant::now();
+        assert_eq!(
+            client.get::<Echo>(&url, "/slow").await.unwrap_err(),
+            AdminError::Timeout("500ms".into())
+        );
+        assert!(t.elapsed() < Duration::from_secs(2));
+
+        // All at once: answers by node, another node's answer refused, a record without a
+        // URL known beforehand.
+        let target = |node: &str, known_error| Target {
+            node: NodeId::from(node),
+            admin_url: url.clone(),
+            known_error,
+        };
+        let answers = client
+            .get_all::<Echo>(
+                vec![
+                    target("n1", None),
+                    target("n2", None),
+                    target("n3", Some(AdminError::NoRecord)),
+                ],
+                |node| {
+                    if node.as_str() == "n3" {
+                        "/slow".into()
+                    } else {
+                        "/ok".into()
+                    }
+                },
+            )
+            .await;
+        assert_eq!(answers.len(), 3);
+        assert_eq!(
+            answers[&NodeId::from("n1")].as_ref().unwrap().auth,
+            "bearer abc"
+        );
+        assert_eq!(
+            answers[&NodeId::from("n2")].as_ref().unwrap_err(),
+            &AdminError::WrongNode("n1".into())
+        );
+        assert_eq!(
+            answers[&NodeId::from("n3")].as_ref().unwrap_err(),
+            &AdminError::NoRecord
+        );
+
+        // Without a token: no header.
+        let client = AdminClient::new(&common(Duration::from_secs(2), None)).unwrap();
+        if std::env::var_os("PIPEMESH_ADMIN_TOKEN").is_none() {
+            let echo: Echo = client.get(&url, "/ok").await.unwrap();
+            assert_eq!(echo.auth, "");
+        }
+    }
 }
