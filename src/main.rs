@@ -31,6 +31,9 @@ enum Command {
     Nodes(pipemesh::cli::nodes::NodesArgs),
     /// List rooms across the cluster, or show one room's nodes, peers and producers.
     Rooms(pipemesh::cli::rooms::RoomsArgs),
+    /// Show the mesh: nodes by region and the pipe links between them (RTT, loss, bitrate and
+    /// piped streams each way), as a table, JSON or Graphviz DOT.
+    Topology(pipemesh::cli::topology::TopologyArgs),
     /// Ask a node to drain (no new peers; sessions continue) and wait until it does.
     Drain(pipemesh::cli::drain::DrainArgs),
     /// Withdraw a drain request and wait until the node is serving again.
@@ -89,6 +92,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Rooms(args) => {
             pipemesh::cli::finish(pipemesh::cli::rooms::run(&args));
+            Ok(())
+        }
+        Command::Topology(args) => {
+            pipemesh::cli::finish(pipemesh::cli::topology::run(&args));
             Ok(())
         }
         Command::Drain(args) => {

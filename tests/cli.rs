@@ -1,10 +1,12 @@
-//! The operator CLI (`pipemesh nodes`, `rooms`, `drain`, `undrain`) run as the real binary
-//! against a real etcd and real node processes: JSON output parsed, table headers checked,
-//! drain and undrain confirmed by the node, exit codes and one-line errors (not found, etcd
-//! unreachable).
+//! The operator CLI (`pipemesh nodes`, `rooms`, `topology`, `drain`, `undrain`) run as the real
+//! binary against a real etcd and real node processes: JSON output parsed, table headers
+//! checked, the mesh's links with live figures, drain and undrain confirmed by the node, nodes
+//! whose admin endpoint does not answer (or refuses) shown as such, exit codes and one-line
+//! errors (not found, etcd unreachable, usage).
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
@@ -48,19 +50,72 @@ async fn cli(etcd: &str, args: &[&str]) -> Run {
     }
 }
 
-/// Runs `args` with `--output json` until `pred` holds for the output (panics past `within`).
-async fn poll_json(etcd: &str, args: &[&str], within: Duration, pred: impl Fn(&Value) -> bool) {
+/// Runs `args` with `--output json` until `pred` holds for the output (panics past `within`);
+/// the output that satisfied it.
+async fn poll_json(
+    etcd: &str,
+    args: &[&str],
+    within: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + within;
     let mut args = args.to_vec();
     args.push("--output=json");
     loop {
         let v = cli(etcd, &args).await.json();
         if pred(&v) {
-            return;
+            return v;
         }
         assert!(Instant::now() < deadline, "pipemesh {args:?}: {v:#}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The link between `a` and `b` in `topology --output json`.
+fn link<'a>(topology: &'a Value, a: &str, b: &str) -> &'a Value {
+    topology["links"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["a"] == a && l["b"] == b))
+        .unwrap_or(&Value::Null)
+}
+
+/// The link carries media from `a` to `b`: up, measured, `streams` producers piped.
+fn carries(topology: &Value, a: &str, b: &str, streams: u64) -> bool {
+    let l = link(topology, a, b);
+    l["up"] == true
+        && l["rttMs"].as_f64().is_some_and(|r| r >= 0.0)
+        && l["aToB"]["bitrateBps"].as_u64().is_some_and(|b| b > 0)
+        && l["aToB"]["streams"] == streams
+        && l["aToB"]["streamsReceived"] == streams
+        && l["reportedBy"] == serde_json::json!([a, b])
+}
+
+/// An admin endpoint that answers every request with 401, handing over each request's head.
+async fn refusing_admin() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+                let _ = s
+                    .write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    (addr, rx)
 }
 
 fn node<'a>(nodes: &'a Value, id: &str) -> &'a Value {
@@ -109,12 +164,76 @@ async fn nodes_rooms_drain_and_undrain_against_a_three_node_cluster() {
         let _p = publisher(&nodes[0], "r", "pub").await;
         let mut c2 = consumer(&nodes[1], "r", "c2").await;
         c2.wait_consumers(2, WAIT).await.expect("c2 consumes pub");
+        let mut c3 = consumer(&nodes[2], "r", "c3").await;
+        c3.wait_consumers(2, WAIT).await.expect("c3 consumes pub");
+
+        // Topology: regions, and the two links carrying pub's two producers from n1.
+        let t = poll_json(ep, &["topology"], LOAD_WAIT, |v| {
+            carries(v, "n1", "n2", 2) && carries(v, "n1", "n3", 2)
+        })
+        .await;
+        let grouped: Vec<(String, Vec<String>)> = t["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let nodes = r["nodes"].as_array().unwrap().iter();
+                (
+                    r["region"].as_str().unwrap().to_owned(),
+                    nodes.map(|n| n["nodeId"].as_str().unwrap().to_owned()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            grouped,
+            [
+                ("eu".to_owned(), vec!["n1".to_owned(), "n2".to_owned()]),
+                ("us".to_owned(), vec!["n3".to_owned()])
+            ],
+            "{t:#}"
+        );
+        assert_eq!(t["unreachable"], serde_json::json!([]), "{t:#}");
+        let l = link(&t, "n1", "n2");
+        assert_eq!(l["bToA"]["streams"], 0, "{l}");
+        assert!(l["aToB"]["lossPercent"].as_f64().is_some(), "{l}");
+        let table = cli(ep, &["topology"]).await;
+        assert_eq!(table.code, Some(0), "{}", table.stderr);
+        assert!(table.stderr.is_empty(), "{}", table.stderr);
+        let lines: Vec<&str> = table.stdout.lines().collect();
+        assert!(lines[0].starts_with("REGION   NODE   STATE"), "{}", table.stdout);
+        assert!(lines[1].starts_with("eu       n1     serving   2 up"), "{}", table.stdout);
+        assert!(
+            lines.iter().any(|l| l.starts_with("n1   n3   up ") && l.contains(" ms ")),
+            "{}",
+            table.stdout
+        );
+        eprintln!("$ pipemesh topology\n{}", table.stdout);
+        let dot = cli(ep, &["topology", "--output=dot"]).await;
+        assert_eq!(dot.code, Some(0), "{}", dot.stderr);
+        let dot = dot.stdout;
+        assert!(dot.starts_with("graph ") || dot.starts_with("digraph "), "{dot}");
+        assert!(dot.contains("cluster_eu") && dot.contains("cluster_us"), "{dot}");
+        assert!(dot.contains(r#""n1" -- "n2""#), "{dot}");
+        assert_eq!(dot.matches('{').count(), dot.matches('}').count(), "{dot}");
+        if let Ok(out) = std::process::Command::new("dot")
+            .arg("-Tsvg")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child.stdin.take().unwrap().write_all(dot.as_bytes())?;
+                child.wait()
+            })
+        {
+            assert!(out.success(), "graphviz rejects:\n{dot}");
+        }
 
         // Nodes: ids, regions, states; load figures once the nodes have refreshed them.
         poll_json(ep, &["nodes"], LOAD_WAIT, |v| {
             node(v, "n1")["producers"] == 2
                 && node(v, "n1")["peers"] == 1
-                && node(v, "n1")["pipeLinks"] == 1
+                && node(v, "n1")["pipeLinks"] == 2
                 && node(v, "n2")["consumers"] == 2
         })
         .await;
@@ -133,14 +252,23 @@ async fn nodes_rooms_drain_and_undrain_against_a_three_node_cluster() {
             assert!(n["signalingUrl"].as_str().unwrap().starts_with("ws://"));
             assert!(n["version"].as_str().unwrap().starts_with("pipemesh"));
         }
-        assert_eq!(node(&v, "n1")["pipeLinks"], 1, "{v:#}");
+        assert_eq!(node(&v, "n1")["pipeLinks"], 2, "{v:#}");
 
         // Table output: headers and a row.
         let table = cli(ep, &["nodes"]).await;
         assert_eq!(table.code, Some(0), "{}", table.stderr);
         let mut lines = table.stdout.lines();
         let header = lines.next().unwrap();
-        for h in ["NODE", "REGION", "STATE", "PEERS", "PRODUCERS", "UPTIME"] {
+        for h in [
+            "NODE",
+            "REGION",
+            "STATE",
+            "PEERS",
+            "TRANSPORTS",
+            "PRODUCERS",
+            "CPU",
+            "UPTIME",
+        ] {
             assert!(header.contains(h), "{header}");
         }
         assert!(
@@ -148,16 +276,17 @@ async fn nodes_rooms_drain_and_undrain_against_a_three_node_cluster() {
             "{}",
             table.stdout
         );
+        eprintln!("$ pipemesh nodes\n{}{}", table.stdout, table.stderr);
 
         // Rooms: r on n1 and n2, with both peers and pub's two producers.
         poll_json(ep, &["rooms"], WAIT, |v| {
-            v[0]["room"] == "r" && v[0]["peers"] == 2 && v[0]["producers"] == 2
+            v[0]["room"] == "r" && v[0]["peers"] == 3 && v[0]["producers"] == 2
         })
         .await;
         let rooms = cli(ep, &["rooms", "--output=json"]).await.json();
         assert_eq!(
             rooms[0]["nodes"],
-            serde_json::json!(["n1", "n2"]),
+            serde_json::json!(["n1", "n2", "n3"]),
             "{rooms:#}"
         );
         let r = cli(ep, &["rooms", "r", "--output=json"]).await.json();
@@ -171,7 +300,8 @@ async fn nodes_rooms_drain_and_undrain_against_a_three_node_cluster() {
             peers,
             [
                 (r#""pub""#.into(), r#""n1""#.into()),
-                (r#""c2""#.into(), r#""n2""#.into())
+                (r#""c2""#.into(), r#""n2""#.into()),
+                (r#""c3""#.into(), r#""n3""#.into())
             ],
             "{r:#}"
         );
@@ -188,6 +318,13 @@ async fn nodes_rooms_drain_and_undrain_against_a_three_node_cluster() {
             .collect();
         kinds.sort();
         assert_eq!(kinds, ["audio", "video"]);
+        for n in r["nodes"].as_array().unwrap() {
+            assert_eq!(n["reachable"], true, "{r:#}");
+        }
+        let detail = cli(ep, &["rooms", "r"]).await;
+        assert_eq!(detail.code, Some(0), "{}", detail.stderr);
+        assert!(detail.stdout.contains("CONSUMED ON"), "{}", detail.stdout);
+        eprintln!("$ pipemesh rooms r\n{}{}", detail.stdout, detail.stderr);
         let missing = cli(ep, &["rooms", "nosuch"]).await;
         assert_eq!(missing.code, Some(1));
         assert_eq!(
@@ -231,9 +368,122 @@ async fn nodes_rooms_drain_and_undrain_against_a_three_node_cluster() {
             .get_base64("/pipemesh/test/drain/nosuch")
             .await
             .is_none());
+
+        // Nodes whose admin endpoint does not answer in time (n4: a listener that never
+        // replies), is not there (n5: a closed port) or refuses the token (n6): shown as
+        // such, each with a warning, and the command still succeeds.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed = common::etcd::free_addr();
+        let (refusing, mut heads) = refusing_admin().await;
+        for (id, admin) in [
+            ("n4", silent.local_addr().unwrap()),
+            ("n5", closed),
+            ("n6", refusing),
+        ] {
+            let record = format!(
+                r#"{{"nodeId":"{id}","region":"us","signalingUrl":"ws://{admin}","adminUrl":"http://{admin}"}}"#
+            );
+            etcd.put(&format!("/pipemesh/test/nodes/{id}"), record.as_bytes())
+                .await;
+        }
+        let token = std::env::temp_dir().join(format!("pipemesh-cli-token-{}", std::process::id()));
+        std::fs::write(&token, "t0k3n\n").unwrap();
+        let token_flag = format!("--admin-token-file={}", token.display());
+        let t0 = Instant::now();
+        let run = cli(ep, &["topology", "-o", "json", "--timeout=1s", &token_flag]).await;
+        let took = t0.elapsed();
+        let t = run.json();
+        let unreachable: Vec<(&str, &str)> = t["unreachable"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| (u["nodeId"].as_str().unwrap(), u["error"].as_str().unwrap()))
+            .collect();
+        assert_eq!(unreachable.len(), 3, "{t:#}");
+        assert_eq!(unreachable[0], ("n4", "unreachable: no answer within 1s"));
+        assert_eq!(unreachable[1].0, "n5");
+        assert!(unreachable[1].1.starts_with("unreachable: "), "{t:#}");
+        assert_eq!(unreachable[2], ("n6", "unauthorized (check --admin-token-file)"));
+        assert!(carries(&t, "n1", "n2", 2), "{t:#}");
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+        for (id, _) in &unreachable {
+            assert!(
+                run.stderr.contains(&format!("pipemesh: warning: {id}: ")),
+                "{}",
+                run.stderr
+            );
+        }
+        let head = heads.recv().await.expect("n6 asked");
+        assert!(head.starts_with("GET /api/v1/links HTTP/1.1\r\n"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("\r\nauthorization: bearer t0k3n\r\n"),
+            "{head}"
+        );
+        let table = cli(ep, &["topology", "--timeout=1s"]).await;
+        assert_eq!(table.code, Some(0), "{}", table.stderr);
+        for row in ["us       n4     unreachable", "us       n6     unauthorized"] {
+            assert!(table.stdout.contains(row), "{}", table.stdout);
+        }
+        eprintln!("$ pipemesh topology (with n4-n6 not answering)\n{}{}", table.stdout, table.stderr);
+        let run = cli(ep, &["nodes", "-o", "json", "--timeout=1s", &token_flag]).await;
+        let v = run.json();
+        for id in ["n1", "n2", "n3"] {
+            assert_eq!(node(&v, id)["reachable"], true, "{v:#}");
+        }
+        let n4 = node(&v, "n4");
+        assert_eq!(n4["reachable"], false, "{n4}");
+        assert_eq!(n4["live"], false, "{n4}");
+        assert_eq!(n4["state"], "serving", "{n4}");
+        assert_eq!(n4["adminError"], "unreachable: no answer within 1s", "{n4}");
+        assert_eq!(node(&v, "n6")["reachable"], true, "{v:#}");
+        assert!(
+            run.stderr
+                .contains("pipemesh: warning: n6: unauthorized (check --admin-token-file)"),
+            "{}",
+            run.stderr
+        );
+        let table = cli(ep, &["nodes", "--timeout=1s"]).await;
+        assert_eq!(table.code, Some(0), "{}", table.stderr);
+        for row in ["n4     us       unreachable", "n6     us       unauthorized"] {
+            assert!(table.stdout.contains(row), "{}", table.stdout);
+        }
+        eprintln!("$ pipemesh nodes (with n4-n6 not answering)\n{}{}", table.stdout, table.stderr);
+        std::fs::remove_file(&token).unwrap();
+        let _ = (&silent, &mut c3);
     })
     .await
     .expect("test exceeded its deadline");
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2_before_anything_is_done() {
+    // No etcd is needed: both are refused before connecting.
+    let closed = common::etcd::free_addr();
+    let etcd = format!("http://{closed}");
+    for args in [
+        &["nodes", "-o", "dot"][..],
+        &["rooms", "--output=dot"],
+        &["drain", "n1", "-o", "dot"],
+    ] {
+        let run = cli(&etcd, args).await;
+        assert_eq!(run.code, Some(2), "{args:?}: {}", run.stderr);
+        assert_eq!(
+            one_line(&run.stderr),
+            "pipemesh: error: --output dot is only for `pipemesh topology`; use table or json"
+        );
+    }
+    let run = cli(
+        &etcd,
+        &["topology", "--admin-token-file=/nonexistent/token"],
+    )
+    .await;
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        one_line(&run.stderr)
+            .starts_with("pipemesh: error: cannot read --admin-token-file /nonexistent/token: "),
+        "{}",
+        run.stderr
+    );
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use tokio::time::{sleep, Instant};
 
 use super::etcd::Registry;
 use super::{block_on, human_duration, now_ms, parse_duration, print_json, print_out};
-use super::{CliError, CommonArgs, Output};
+use super::{CliError, CommonArgs, Format};
 use crate::discovery::keys::{self, drain_key, node_key, DrainRecord, NodeState};
 use crate::ids::NodeId;
 
@@ -110,10 +110,10 @@ fn state_name(state: NodeState) -> &'static str {
     }
 }
 
-fn print_outcome(outcome: &DrainOutcome, output: Output) -> Result<(), CliError> {
+fn print_outcome(outcome: &DrainOutcome, output: Format) -> Result<(), CliError> {
     match output {
-        Output::Json => print_json(outcome),
-        Output::Table => {
+        Format::Json => print_json(outcome),
+        Format::Table => {
             let deadline = match outcome.deadline_ms {
                 Some(at) => format!(
                     " (sessions left are closed in {})",
@@ -132,6 +132,7 @@ fn print_outcome(outcome: &DrainOutcome, output: Output) -> Result<(), CliError>
 
 /// `pipemesh drain NODE`.
 pub fn run_drain(args: &DrainArgs) -> Result<(), CliError> {
+    let format = args.common.format()?;
     let cluster = &args.common.cluster;
     if !crate::config::valid_node_id(&args.node) {
         return Err(not_found(&args.node, cluster));
@@ -161,11 +162,12 @@ pub fn run_drain(args: &DrainArgs) -> Result<(), CliError> {
         deadline_ms: record.deadline_ms,
         waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
     };
-    print_outcome(&outcome, args.common.output)
+    print_outcome(&outcome, format)
 }
 
 /// `pipemesh undrain NODE`.
 pub fn run_undrain(args: &UndrainArgs) -> Result<(), CliError> {
+    let format = args.common.format()?;
     let cluster = &args.common.cluster;
     if !crate::config::valid_node_id(&args.node) {
         return Err(not_found(&args.node, cluster));
@@ -202,7 +204,7 @@ pub fn run_undrain(args: &UndrainArgs) -> Result<(), CliError> {
         deadline_ms: None,
         waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
     };
-    print_outcome(&outcome, args.common.output)
+    print_outcome(&outcome, format)
 }
 
 #[cfg(test)]

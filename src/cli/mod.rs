@@ -1,29 +1,37 @@
-//! The operator commands: `pipemesh nodes`, `rooms`, `drain` and `undrain`. They read (and,
-//! for drains, write) the cluster straight from etcd, as the nodes publish it (layout in
-//! [`crate::discovery::keys`]), and print a table for people or, with `--output json`, JSON
-//! for scripts (camelCase fields, like the records).
+//! The operator commands: `pipemesh nodes`, `rooms`, `topology`, `drain` and `undrain`. They
+//! read (and, for drains, write) the cluster straight from etcd, as the nodes publish it
+//! (layout in [`crate::discovery::keys`]), then ask the nodes' admin endpoints for what only
+//! they know (live counts, pipe links, who consumes what), and print a table for people or,
+//! with `--output json`, JSON for scripts (camelCase fields, like the records); `topology`
+//! also prints Graphviz (`--output dot`).
 //!
 //! Each command is thin glue around pure parts: [`snapshot::Snapshot::from_kvs`] decodes
 //! registry key/values (skipping and counting malformed ones: a footer line on stderr says how
-//! many), and each command turns a snapshot into rows. Only [`etcd::Registry`] talks to etcd,
-//! every request bounded by `--timeout`.
+//! many), and each command turns a snapshot, and the nodes' answers, into rows. Only
+//! [`etcd::Registry`] talks to etcd and only [`adminapi::AdminClient`] to the nodes, every
+//! request bounded by `--timeout` (the nodes are asked concurrently). A node that does not
+//! answer is never fatal: its row says `unreachable` (JSON: `"reachable": false` and an
+//! `adminError`), a warning on stderr says why, and the exit code stays 0. While nodes are
+//! slow to answer, a progress line on stderr names them (only when stderr is a terminal).
 //!
 //! Errors are one line on stderr (`pipemesh: error: ...`) with an exit code:
 //!
 //! | code | meaning |
 //! |---|---|
-//! | 0 | done |
+//! | 0 | done (also when some nodes' admin endpoints did not answer: see the warnings) |
 //! | 1 | not found (node, room), or the operation did not complete (a drain the node has not confirmed within `--wait`, a request etcd refused) |
-//! | 2 | usage: bad flags (clap) or settings that cannot work (TLS files, password without user) |
+//! | 2 | usage: bad flags (clap) or settings that cannot work (TLS files, password without user, an unreadable or empty admin token file, `--output dot` outside `topology`) |
 //! | 3 | etcd unreachable within `--timeout` |
 
+pub mod adminapi;
 pub mod drain;
 pub mod etcd;
 pub mod nodes;
 pub mod rooms;
 pub mod snapshot;
+pub mod topology;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -63,17 +71,47 @@ pub struct CommonArgs {
     /// File with the etcd user's password (first line)
     #[arg(long, env = "PIPEMESH_ETCD_PASSWORD_FILE", value_name = "FILE")]
     pub etcd_password_file: Option<PathBuf>,
+    /// File with the token for the nodes' admin endpoints (first line; sent as
+    /// `Authorization: Bearer`) [environment: the token itself in PIPEMESH_ADMIN_TOKEN]
+    #[arg(long, env = "PIPEMESH_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Output format
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
     pub output: Output,
-    /// How long to wait for etcd: to connect, and for each request (e.g. 500ms, 5s, 1m)
+    /// How long to wait for etcd (to connect, and for each request) and for each node's admin
+    /// endpoint (e.g. 500ms, 5s, 1m)
     #[arg(long, default_value = DEFAULT_TIMEOUT, value_parser = parse_duration)]
     pub timeout: Duration,
 }
 
-/// How results are printed.
+impl CommonArgs {
+    /// The format of a command that prints tables or JSON only (every one but `topology`):
+    /// `--output dot` is a usage error, found before anything is read or written.
+    pub fn format(&self) -> Result<Format, CliError> {
+        match self.output {
+            Output::Table => Ok(Format::Table),
+            Output::Json => Ok(Format::Json),
+            Output::Dot => Err(CliError::Usage(
+                "--output dot is only for `pipemesh topology`; use table or json".into(),
+            )),
+        }
+    }
+}
+
+/// How results are printed (`--output`).
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// Pretty-printed JSON for scripts.
+    Json,
+    /// Graphviz DOT (`pipemesh topology` only).
+    Dot,
+}
+
+/// The formats of the commands other than `topology` ([`CommonArgs::format`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
     /// Aligned columns for people.
     Table,
     /// Pretty-printed JSON for scripts.
@@ -170,6 +208,62 @@ pub(crate) fn warn_malformed(malformed: usize) {
             "pipemesh: warning: skipped {malformed} malformed registry entr{}",
             if malformed == 1 { "y" } else { "ies" }
         );
+    }
+}
+
+/// A progress line on stderr while the command waits, shown only when stderr is a terminal
+/// (scripts and logs never see it); rewritten in place and erased when done.
+pub(crate) struct Progress {
+    enabled: bool,
+    shown: bool,
+}
+
+impl Progress {
+    /// A progress line, if stderr is a terminal.
+    pub(crate) fn stderr() -> Progress {
+        Progress {
+            enabled: std::io::stderr().is_terminal(),
+            shown: false,
+        }
+    }
+
+    /// Shows `text` in place of the previous line.
+    pub(crate) fn show(&mut self, text: &str) {
+        if self.enabled {
+            eprint!("\r\x1b[2K{text}");
+            self.shown = true;
+        }
+    }
+
+    /// Erases the line, if one is shown.
+    pub(crate) fn clear(&mut self) {
+        if self.shown {
+            eprint!("\r\x1b[2K");
+            self.shown = false;
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+/// `waiting for n3...`, `waiting for n3, n4 and 2 more...`: the nodes that have not answered.
+pub fn waiting_line(pending: &[&str]) -> String {
+    const NAMED: usize = 3;
+    let named = pending.iter().take(NAMED).copied().collect::<Vec<_>>();
+    let more = pending.len().saturating_sub(NAMED);
+    match (named.as_slice(), more) {
+        ([], _) => String::new(),
+        ([one], _) => format!("waiting for {one}..."),
+        (names, 0) => format!(
+            "waiting for {} and {}...",
+            names[..names.len() - 1].join(", "),
+            names[names.len() - 1]
+        ),
+        (names, more) => format!("waiting for {} and {more} more...", names.join(", ")),
     }
 }
 
@@ -273,6 +367,18 @@ mod tests {
         assert_eq!(human_duration(Duration::from_secs(307)), "5m7s");
         assert_eq!(human_duration(Duration::from_secs(3_700)), "1h1m");
         assert_eq!(human_duration(Duration::from_secs(183_600)), "2d3h");
+    }
+
+    #[test]
+    fn the_waiting_line_names_a_few_nodes() {
+        assert_eq!(waiting_line(&[]), "");
+        assert_eq!(waiting_line(&["n3"]), "waiting for n3...");
+        assert_eq!(waiting_line(&["n3", "n4"]), "waiting for n3 and n4...");
+        assert_eq!(waiting_line(&["a", "b", "c"]), "waiting for a, b and c...");
+        assert_eq!(
+            waiting_line(&["a", "b", "c", "d", "e"]),
+            "waiting for a, b, c and 2 more..."
+        );
     }
 
     #[test]
