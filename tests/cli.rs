@@ -237,7 +237,20 @@ async fn nodes_rooms_drain_and_undrain_against_a_three_node_cluster() {
                 && node(v, "n2")["consumers"] == 2
         })
         .await;
-        let v = cli(ep, &["nodes", "-o", "json"]).await.json();
+        // Live figures from each node's /api/v1/node (CPU needs two samples: polled).
+        let v = poll_json(ep, &["nodes"], LOAD_WAIT, |v| {
+            ["n1", "n2", "n3"]
+                .iter()
+                .all(|id| node(v, id)["cpuPercent"].as_f64().is_some())
+        })
+        .await;
+        for id in ["n1", "n2", "n3"] {
+            let n = node(&v, id);
+            assert_eq!(n["live"], true, "{n}");
+            assert_eq!(n["adminError"], Value::Null, "{n}");
+            assert!(n["transports"].as_u64().is_some(), "{n}");
+        }
+        assert!(node(&v, "n1")["transports"].as_u64() >= Some(1), "{v:#}");
         let ids: Vec<&str> = v
             .as_array()
             .unwrap()
@@ -320,7 +333,22 @@ async fn nodes_rooms_drain_and_undrain_against_a_three_node_cluster() {
         assert_eq!(kinds, ["audio", "video"]);
         for n in r["nodes"].as_array().unwrap() {
             assert_eq!(n["reachable"], true, "{r:#}");
+            assert_eq!(n["adminError"], Value::Null, "{r:#}");
         }
+        // Each producer of pub's is consumed on n2 and n3, both through n1's links.
+        for p in r["producers"].as_array().unwrap() {
+            assert_eq!(
+                p["consumedOn"],
+                serde_json::json!([
+                    {"nodeId": "n2", "via": "n1", "consumers": 1},
+                    {"nodeId": "n3", "via": "n1", "consumers": 1}
+                ]),
+                "{p}"
+            );
+            assert_eq!(p["pipedTo"], serde_json::json!(["n2", "n3"]), "{p}");
+            assert!(!p["layers"].as_array().unwrap().is_empty(), "{p}");
+        }
+        assert_eq!(r["peers"][0]["producers"], 2, "{r:#}");
         let detail = cli(ep, &["rooms", "r"]).await;
         assert_eq!(detail.code, Some(0), "{}", detail.stderr);
         assert!(detail.stdout.contains("CONSUMED ON"), "{}", detail.stdout);
