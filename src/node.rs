@@ -74,6 +74,10 @@ pub struct NodeCounters {
     pub tcp_framing_errors: AtomicU64,
     /// The node is draining: it takes no new peers (`/readyz` says so).
     pub draining: std::sync::atomic::AtomicBool,
+    /// Forwarding latency per ingress transport (see [`crate::metrics`]).
+    pub forwarding_latency: crate::metrics::ForwardingLatency,
+    /// Packets the worker emitted that no socket took.
+    pub send_drops: crate::metrics::SendDrops,
 }
 
 /// Addresses a started node listens on (useful when binding port 0).

@@ -190,15 +190,25 @@ impl Outputs {
 
 macro_rules! counters {
     ($($name:ident: $doc:literal),* $(,)?) => {
-        /// Counters of dropped and handled traffic; exported on `/metrics`.
+        /// Counters of dropped and handled traffic; exported on `/metrics` (see
+        /// [`crate::metrics`]). Everything is a relaxed atomic: the worker and the signaling
+        /// sessions write, scrapes read, nobody locks.
         #[derive(Default, Debug)]
         pub struct WorkerCounters {
             $(#[doc = $doc] pub $name: AtomicU64,)*
+            /// Traffic, RTCP feedback, retransmissions and state gauges.
+            pub media: crate::metrics::MediaMetrics,
+            /// Signaling requests by method and result, and their durations.
+            pub signaling: crate::metrics::SignalingMetrics,
         }
         impl WorkerCounters {
             /// Name/value pairs for export.
             pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
                 vec![$((concat!(stringify!($name), "_total"), self.$name.load(Ordering::Relaxed)),)*]
+            }
+            /// The flat counters as (name without `_total`, help, value).
+            pub fn described(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($name), $doc, self.$name.load(Ordering::Relaxed)),)*]
             }
         }
     };
