@@ -24,6 +24,7 @@ use super::media::{Producer, Source};
 use super::{Note, Output, Worker};
 use crate::discovery::directory::DirectoryEvent;
 use crate::ids::{NodeId, PeerId, ProducerId, RoomId};
+use crate::metrics::{Direction, Kind, PipeFeedback};
 use crate::pipe::link::{
     CloseReason, RequestId, SubAction, SubError, SubState, SubscriptionConfig, Subscriptions,
 };
@@ -323,6 +324,9 @@ impl Worker {
                 producer_id,
                 encoding,
             } => {
+                self.counters
+                    .media
+                    .pipe_feedback(PipeFeedback::KeyFrameRequest, Direction::In, 1);
                 let Some(room) = self.rooms.values_mut().find(|r| {
                     r.producers
                         .get(&producer_id)
@@ -399,6 +403,10 @@ impl Worker {
 
     /// A datagram from `node` (pipe header included).
     pub fn handle_pipe_datagram(&mut self, now: Instant, node: &NodeId, data: &[u8]) {
+        self.counters
+            .media
+            .traffic
+            .observe(Kind::Pipe, Direction::In, data.len());
         let dg = match parse_datagram(data) {
             Ok(d) => d,
             Err(_) => {
@@ -479,6 +487,9 @@ impl Worker {
             let RtcpItem::Nack { items, .. } = item else {
                 continue;
             };
+            self.counters
+                .media
+                .pipe_feedback(PipeFeedback::Nack, Direction::In, 1);
             buf.handle_nack(now, items.pairs(), &mut resend);
             for seq in resend.iter().copied() {
                 let Some(pkt) = buf.get(now, seq) else {
@@ -792,6 +803,7 @@ impl Worker {
             }
         }
         self.pipes.deadline = self.pipes.compute_deadline();
+        self.publish_gauges();
     }
 
     /// Pipe timers: subscription retries, lingers and grace; nodes down past the grace.
