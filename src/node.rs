@@ -29,13 +29,15 @@ use crate::discovery::keys::{node_key, NodeLoad, NodeRecord, NodeState};
 use crate::discovery::registry::{
     Registration, Registry, RegistryError, RegistryHandle, RegistryOp, RegistryUpdate,
 };
-use crate::edge::demux::{encode_frame_header, FrameDecoder};
+use crate::edge::demux::{classify, encode_frame_header, FrameDecoder, PacketClass};
 use crate::edge::dtls::{DtlsEvent, DtlsIdentity, DtlsSession};
 use crate::edge::ice::{Protocol, Tuple};
 use crate::ids::{NodeId, TransportId};
+use crate::metrics::Kind;
 use crate::pipe::endpoint::{EndpointConfig, PipeEndpoint, PipeEvent, PipeHandle};
 use crate::pipe::link::LinkConfig;
 use crate::pipe::tls::{PipeIdentity, TransportTuning};
+use crate::pipe::wire::DatagramKind;
 use crate::signaling::server::{self as sig, SessionId, ToPeer, WorkerCommand};
 use crate::timing::DTLS_HANDSHAKE_TIMEOUT;
 use crate::worker::{Output, Worker, WorkerConfig};
@@ -74,6 +76,10 @@ pub struct NodeCounters {
     pub tcp_framing_errors: AtomicU64,
     /// The node is draining: it takes no new peers (`/readyz` says so).
     pub draining: std::sync::atomic::AtomicBool,
+    /// Forwarding latency per ingress transport (see [`crate::metrics`]).
+    pub forwarding_latency: crate::metrics::ForwardingLatency,
+    /// Packets the worker emitted that no socket took.
+    pub send_drops: crate::metrics::SendDrops,
 }
 
 /// Addresses a started node listens on (useful when binding port 0).
@@ -612,7 +618,11 @@ async fn worker_task(
     let mut tcp_writers: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
     let mut dtls: HashMap<TransportId, DtlsSession> = HashMap::new();
     let mut buf = vec![0u8; 2048];
+    let rtp_header_byte = DatagramKind::Rtp.header_byte();
     loop {
+        // An RTP packet from a producer taken at this instant on this transport: its
+        // forwarding latency is observed once what it caused has been handed on.
+        let mut rtp_in: Option<(Instant, Kind)> = None;
         let deadline = worker.poll_timeout();
         let sleep = async {
             match deadline {
@@ -625,13 +635,24 @@ async fn worker_task(
             _ = stop.recv() => break,
             r = udp.recv_from(&mut buf) => match r {
                 Ok((n, from)) => {
+                    let now = Instant::now();
                     // n <= buf.len() by recv_from's contract.
-                    worker.handle_packet(Instant::now(), Tuple { protocol: Protocol::Udp, remote: from }, &buf[..n]);
+                    let data = &buf[..n];
+                    if classify(data) == PacketClass::Rtp {
+                        rtp_in = Some((now, Kind::Udp));
+                    }
+                    worker.handle_packet(now, Tuple { protocol: Protocol::Udp, remote: from }, data);
                 }
                 Err(e) => tracing::debug!(error = %e, "udp recv error"),
             },
             Some(ev) = events.recv() => match ev {
-                Event::TcpPacket(tuple, data) => worker.handle_packet(Instant::now(), tuple, &data),
+                Event::TcpPacket(tuple, data) => {
+                    let now = Instant::now();
+                    if classify(&data) == PacketClass::Rtp {
+                        rtp_in = Some((now, Kind::Tcp));
+                    }
+                    worker.handle_packet(now, tuple, &data);
+                }
                 Event::TcpOpened(remote, tx) => { tcp_writers.insert(remote, tx); }
                 Event::TcpClosed(remote) => {
                     tcp_writers.remove(&remote);
@@ -661,7 +682,12 @@ async fn worker_task(
                     PipeEvent::LinkUp { node_id } => worker.handle_pipe_link_up(now, &NodeId::from(node_id.as_str())),
                     PipeEvent::LinkDown { node_id } => worker.handle_pipe_link_down(now, &NodeId::from(node_id.as_str())),
                     PipeEvent::Control { node_id, msg } => worker.handle_pipe_control(now, &NodeId::from(node_id.as_str()), msg),
-                    PipeEvent::Datagram { node_id, data } => worker.handle_pipe_datagram(now, &NodeId::from(node_id.as_str()), &data),
+                    PipeEvent::Datagram { node_id, data } => {
+                        if data.first() == Some(&rtp_header_byte) {
+                            rtp_in = Some((now, Kind::Pipe));
+                        }
+                        worker.handle_pipe_datagram(now, &NodeId::from(node_id.as_str()), &data);
+                    }
                     PipeEvent::Refused { node_id, reason } => {
                         tracing::warn!(node = %node_id, %reason, "pipe link refused by peer");
                     }
@@ -707,20 +733,25 @@ async fn worker_task(
         }
         let mut stuck: Vec<SessionId> = Vec::new();
         let mut closing: Vec<SessionId> = Vec::new();
+        // Packets handed to a socket, a TCP writer or the pipe endpoint.
+        let mut handed_on = 0usize;
         loop {
             while let Some(out) = worker.poll_output() {
                 match out {
-                    Output::Transmit { tuple, data } => match tuple.protocol {
-                        Protocol::Udp => {
+                    Output::Transmit { tuple, data } => {
+                        let sent = match tuple.protocol {
                             // Non-blocking: a full socket buffer drops the packet, as a router would.
-                            let _ = udp.try_send_to(&data, tuple.remote);
+                            Protocol::Udp => udp.try_send_to(&data, tuple.remote).is_ok(),
+                            Protocol::Tcp => tcp_writers
+                                .get(&tuple.remote)
+                                .is_some_and(|w| w.try_send(data).is_ok()),
+                        };
+                        if sent {
+                            handed_on += 1;
+                        } else {
+                            counters.send_drops.add(tuple.protocol);
                         }
-                        Protocol::Tcp => {
-                            if let Some(w) = tcp_writers.get(&tuple.remote) {
-                                let _ = w.try_send(data);
-                            }
-                        }
-                    },
+                    }
                     Output::ToPeer { session, msg } => {
                         if let Some(tx) = sessions.get(&session) {
                             match tx.try_send(msg) {
@@ -779,7 +810,9 @@ async fn worker_task(
                     Output::PipeDatagram { node, data } => {
                         if let Some(p) = &pipe {
                             // Counted by the endpoint when dropped (link down, too large).
-                            let _ = p.send_datagram(node.as_str(), data);
+                            if p.send_datagram(node.as_str(), data).is_ok() {
+                                handed_on += 1;
+                            }
                         }
                     }
                     Output::PipeWanted { node, addr } => {
@@ -825,6 +858,9 @@ async fn worker_task(
                 sessions.remove(&session);
                 worker.handle_session_closed(Instant::now(), session);
             }
+        }
+        if let (Some((at, ingress)), true) = (rtp_in, handed_on > 0) {
+            counters.forwarding_latency.observe(ingress, at.elapsed());
         }
     }
     for (_, tx) in sessions {

@@ -366,6 +366,36 @@ struct DisplayNameData {
     display_name: String,
 }
 
+/// Every request method [`ClientRequest::parse`] knows (the data-channel ones included, which
+/// it types as [`ClientRequest::DataChannel`]). `/metrics` labels requests with these names
+/// and counts any other method as `other`, so a client cannot add series.
+pub const METHODS: [&str; 24] = [
+    "getRouterRtpCapabilities",
+    "join",
+    "createWebRtcTransport",
+    "connectWebRtcTransport",
+    "restartIce",
+    "produce",
+    "closeProducer",
+    "pauseProducer",
+    "resumeProducer",
+    "pauseConsumer",
+    "resumeConsumer",
+    "setConsumerPreferredLayers",
+    "setConsumerPriority",
+    "requestConsumerKeyFrame",
+    "changeDisplayName",
+    "getTransportStats",
+    "getProducerStats",
+    "getConsumerStats",
+    "produceData",
+    "getDataProducerStats",
+    "getDataConsumerStats",
+    "closeDataProducer",
+    "applyNetworkThrottle",
+    "resetNetworkThrottle",
+];
+
 impl ClientRequest {
     /// Types a request's method and data.
     pub fn parse(method: &str, data: Value) -> Result<Self, RequestError> {
@@ -466,6 +496,21 @@ impl ClientRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_listed_method_is_known() {
+        for m in METHODS {
+            let r = ClientRequest::parse(m, Value::Null);
+            assert!(
+                !matches!(r, Err(RequestError::UnknownMethod(_))),
+                "{m} is listed but unknown"
+            );
+        }
+        let mut sorted = METHODS.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), METHODS.len(), "no method listed twice");
+    }
 
     #[test]
     fn parses_the_three_shapes_and_round_trips() {

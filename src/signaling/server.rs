@@ -34,6 +34,7 @@ use super::limits::{PeerLimits, TokenBucket};
 use super::protoo::{ClientRequest, Message, MAX_MESSAGE_BYTES};
 use crate::config::{Config, ConfigError};
 use crate::ids::{ConsumerId, PeerId, RoomId};
+use crate::metrics::RequestResult;
 use crate::worker::WorkerCounters;
 
 /// Identifies one signaling connection (a peer may reconnect on a new session).
@@ -353,32 +354,41 @@ async fn run_session(
                     let _ = sink.send(too_big(Some(text.len()))).await;
                     break;
                 }
+                // Signaling requests are timed from here to their answer being queued.
+                let read_at = std::time::Instant::now();
                 match Message::parse(text.as_str()) {
-                    Ok(Message::Request { id, .. }) if !bucket.try_take(tokio::time::Instant::now().into_std()) => {
+                    Ok(Message::Request { id, method, .. }) if !bucket.try_take(tokio::time::Instant::now().into_std()) => {
                         counters.signaling_rate_limited.fetch_add(1, Ordering::Relaxed);
                         let reason = format!(
                             "too many requests: at most {} per second, bursts of {}",
                             limits.requests_per_sec, limits.request_burst
                         );
                         let t = Message::Error { id, code: 429, reason }.to_text();
+                        counters.signaling.record(&method, RequestResult::of(Some(429)), read_at.elapsed());
                         if sink.send(WsMessage::Text(t.into())).await.is_err() { break; }
                     }
                     Ok(Message::Request { id, method, data }) => {
                         let reply_text = match ClientRequest::parse(&method, data) {
-                            Err(e) => Some(Message::Error { id, code: e.code(), reason: e.to_string() }.to_text()),
+                            Err(e) => {
+                                let code = e.code();
+                                counters.signaling.record(&method, RequestResult::of(Some(code)), read_at.elapsed());
+                                Some(Message::Error { id, code, reason: e.to_string() }.to_text())
+                            }
                             Ok(request) => {
                                 let (reply, rx) = oneshot::channel();
                                 if worker.send(WorkerCommand::Request { session, request, reply }).await.is_err() {
                                     break;
                                 }
                                 let out = out_tx.clone();
+                                let counters = counters.clone();
                                 tokio::spawn(async move {
-                                    let msg = match rx.await {
-                                        Ok(Ok(data)) => Message::Success { id, data },
-                                        Ok(Err((code, reason))) => Message::Error { id, code, reason },
-                                        Err(_) => Message::Error { id, code: 500, reason: "node shutting down".into() },
+                                    let (msg, code) = match rx.await {
+                                        Ok(Ok(data)) => (Message::Success { id, data }, None),
+                                        Ok(Err((code, reason))) => (Message::Error { id, code, reason }, Some(code)),
+                                        Err(_) => (Message::Error { id, code: 500, reason: "node shutting down".into() }, Some(500)),
                                     };
                                     let _ = out.send(msg.to_text()).await;
+                                    counters.signaling.record(&method, RequestResult::of(code), read_at.elapsed());
                                 });
                                 None
                             }

@@ -30,6 +30,7 @@ use crate::discovery::directory::{LocalDirectory, RoomDirectory};
 use crate::edge::dtls::{DtlsEvent, DtlsRole, Fingerprint};
 use crate::edge::ice::Tuple;
 use crate::ids::{ConsumerId, NodeId, PeerId, ProducerId, RoomId, TransportId};
+use crate::metrics::{Direction, Kind};
 use crate::pipe::wire::ControlMessage;
 use crate::router::ortc;
 use crate::router::rtp_parameters::RtpCapabilities;
@@ -171,11 +172,13 @@ pub(crate) enum Note {
     PipeConsumerRemoved { node: NodeId, producer: ProducerId },
 }
 
-/// The worker's output queue plus its internal notes.
+/// The worker's output queue plus its internal notes, and the counters (so that code that
+/// emits feedback can count it wherever it runs).
 #[derive(Debug, Default)]
 pub struct Outputs {
     queue: VecDeque<Output>,
     notes: VecDeque<Note>,
+    pub(crate) counters: Arc<WorkerCounters>,
 }
 
 impl Outputs {
@@ -191,15 +194,25 @@ impl Outputs {
 
 macro_rules! counters {
     ($($name:ident: $doc:literal),* $(,)?) => {
-        /// Counters of dropped and handled traffic; exported on `/metrics`.
+        /// Counters of dropped and handled traffic; exported on `/metrics` (see
+        /// [`crate::metrics`]). Everything is a relaxed atomic: the worker and the signaling
+        /// sessions write, scrapes read, nobody locks.
         #[derive(Default, Debug)]
         pub struct WorkerCounters {
             $(#[doc = $doc] pub $name: AtomicU64,)*
+            /// Traffic, RTCP feedback, retransmissions and state gauges.
+            pub media: crate::metrics::MediaMetrics,
+            /// Signaling requests by method and result, and their durations.
+            pub signaling: crate::metrics::SignalingMetrics,
         }
         impl WorkerCounters {
             /// Name/value pairs for export.
             pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
                 vec![$((concat!(stringify!($name), "_total"), self.$name.load(Ordering::Relaxed)),)*]
+            }
+            /// The flat counters as (name without `_total`, help, value).
+            pub fn described(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($name), $doc, self.$name.load(Ordering::Relaxed)),)*]
             }
         }
     };
@@ -274,6 +287,7 @@ impl Worker {
         let router_caps = ortc::generate_router_rtp_capabilities(&ortc::default_media_codecs())
             .expect("default media codecs are valid");
         let router_caps_json = serde_json::to_value(&router_caps).unwrap_or(Value::Null);
+        let counters = Arc::new(WorkerCounters::default());
         Self {
             cfg,
             fingerprints,
@@ -285,8 +299,11 @@ impl Worker {
             transports: HashMap::new(),
             by_ufrag: HashMap::new(),
             by_tuple: HashMap::new(),
-            outputs: Outputs::default(),
-            counters: Arc::new(WorkerCounters::default()),
+            outputs: Outputs {
+                counters: counters.clone(),
+                ..Outputs::default()
+            },
+            counters,
             scratch: Vec::with_capacity(1500),
             ntp_origin: None,
             directory: Box::new(LocalDirectory::new()),
@@ -311,9 +328,42 @@ impl Worker {
         self.counters.clone()
     }
 
-    /// Next output for the glue.
+    /// Next output for the glue. Packets are counted out here (`packets_total`,
+    /// `bytes_total` and `packet_size_bytes` with `direction="out"`).
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.queue.pop_front()
+        let out = self.outputs.queue.pop_front()?;
+        let traffic = &self.counters.media.traffic;
+        match &out {
+            Output::Transmit { tuple, data } => {
+                traffic.observe(Kind::of(tuple.protocol), Direction::Out, data.len())
+            }
+            Output::PipeDatagram { data, .. } => {
+                traffic.observe(Kind::Pipe, Direction::Out, data.len())
+            }
+            _ => {}
+        }
+        Some(out)
+    }
+
+    /// Stores the state gauges of `/metrics` (O(rooms): map sizes only).
+    fn publish_gauges(&self) {
+        let (mut peers, mut producers, mut consumers) = (0, 0, 0);
+        for r in self.rooms.values() {
+            peers += r.peers.len();
+            producers += r.producers.len();
+            consumers += r.consumers.len();
+        }
+        let g = &self.counters.media.gauges;
+        for (gauge, v) in [
+            (&g.rooms, self.rooms.len()),
+            (&g.peers, peers),
+            (&g.sessions, self.sessions.len()),
+            (&g.transports, self.transports.len()),
+            (&g.producers, producers),
+            (&g.consumers, consumers),
+        ] {
+            gauge.store(v as u64, Ordering::Relaxed);
+        }
     }
 
     /// When [`Worker::handle_timeout`] should run next: the earliest timer known at its last
@@ -774,6 +824,10 @@ impl Worker {
 
     /// A packet arrived on the shared port (a UDP datagram or one RFC 4571 frame).
     pub fn handle_packet(&mut self, now: Instant, tuple: Tuple, data: &[u8]) {
+        self.counters
+            .media
+            .traffic
+            .observe(Kind::of(tuple.protocol), Direction::In, data.len());
         media::handle_packet(self, now, tuple, data);
         if !self.outputs.notes.is_empty() {
             self.settle(now);

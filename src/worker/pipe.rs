@@ -24,6 +24,7 @@ use super::media::{Producer, Source};
 use super::{Note, Output, Worker};
 use crate::discovery::directory::DirectoryEvent;
 use crate::ids::{NodeId, PeerId, ProducerId, RoomId};
+use crate::metrics::{Direction, Kind, PipeFeedback};
 use crate::pipe::link::{
     CloseReason, RequestId, SubAction, SubError, SubState, SubscriptionConfig, Subscriptions,
 };
@@ -333,6 +334,9 @@ impl Worker {
                 producer_id,
                 encoding,
             } => {
+                self.counters
+                    .media
+                    .pipe_feedback(PipeFeedback::KeyFrameRequest, Direction::In, 1);
                 let Some(room) = self.rooms.values_mut().find(|r| {
                     r.producers
                         .get(&producer_id)
@@ -409,6 +413,10 @@ impl Worker {
 
     /// A datagram from `node` (pipe header included).
     pub fn handle_pipe_datagram(&mut self, now: Instant, node: &NodeId, data: &[u8]) {
+        self.counters
+            .media
+            .traffic
+            .observe(Kind::Pipe, Direction::In, data.len());
         let dg = match parse_datagram(data) {
             Ok(d) => d,
             Err(_) => {
@@ -489,6 +497,9 @@ impl Worker {
             let RtcpItem::Nack { items, .. } = item else {
                 continue;
             };
+            self.counters
+                .media
+                .pipe_feedback(PipeFeedback::Nack, Direction::In, 1);
             buf.handle_nack(now, items.pairs(), &mut resend);
             for seq in resend.iter().copied() {
                 let Some(pkt) = buf.get(now, seq) else {
@@ -802,6 +813,7 @@ impl Worker {
             }
         }
         self.pipes.deadline = self.pipes.compute_deadline();
+        self.publish_gauges();
     }
 
     /// Pipe timers: subscription retries, lingers and grace; nodes down past the grace.

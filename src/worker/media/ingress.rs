@@ -425,6 +425,15 @@ fn handle_rtcp(w: &mut Worker, now: Instant, id: &TransportId, data: &[u8]) {
     };
     let mut resend: Vec<u16> = Vec::new();
     for item in items {
+        let feedback = match &item {
+            RtcpItem::Nack { .. } => Some(Feedback::Nack),
+            RtcpItem::Pli { .. } => Some(Feedback::Pli),
+            RtcpItem::Fir { .. } => Some(Feedback::Fir),
+            _ => None,
+        };
+        if let Some(f) = feedback {
+            counters.media.rtcp_feedback(f, Direction::In, 1);
+        }
         match item {
             RtcpItem::SenderReport { report, .. } => {
                 let Some(t) = transports.get(id) else {
@@ -486,6 +495,10 @@ fn handle_rtcp(w: &mut Worker, now: Instant, id: &TransportId, data: &[u8]) {
                     };
                     if let Some(ctx) = t.srtp_out.as_mut() {
                         if let Ok(enc) = ctx.encrypt_rtp(pkt) {
+                            counters
+                                .media
+                                .retransmissions
+                                .fetch_add(1, Ordering::Relaxed);
                             outputs.push_back(Output::Transmit { tuple, data: enc });
                         }
                     }

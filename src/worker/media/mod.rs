@@ -33,6 +33,7 @@ use super::{Output, Transport, Worker};
 use crate::edge::demux::{classify, PacketClass};
 use crate::edge::ice::{IceOutcome, Tuple};
 use crate::ids::{ConsumerId, NodeId, PeerId, ProducerId, TransportId};
+use crate::metrics::{Direction, Feedback, PipeFeedback};
 use crate::pipe::wire::{datagram_header_len, write_datagram, ControlMessage, DatagramKind};
 use crate::router::keyframe::{self, VideoCodec, Vp8Rewriter};
 use crate::router::ortc;
@@ -127,13 +128,54 @@ pub(super) fn send_keyframe_requests(
         }
     };
     let mut buf = Vec::with_capacity(64);
+    let mut sent = FeedbackCount::default();
     for (ssrc, kind, seq) in reqs {
+        sent.keyframe_request(kind);
         match kind {
             KeyFrameRequestKind::Pli => rtcp_core::write_pli(&mut buf, RTCP_SENDER_SSRC, ssrc),
             KeyFrameRequestKind::Fir => rtcp_core::write_fir(&mut buf, RTCP_SENDER_SSRC, ssrc, seq),
         }
     }
-    send_rtcp(transports, transport, &buf, outputs);
+    if send_rtcp(transports, transport, &buf, outputs) {
+        sent.count_out(outputs);
+    }
+}
+
+/// RTCP feedback messages written into one compound packet, counted once it is sent.
+#[derive(Default)]
+pub(super) struct FeedbackCount {
+    nacks: u64,
+    plis: u64,
+    firs: u64,
+}
+
+impl FeedbackCount {
+    /// One keyframe request of `kind` written.
+    pub(super) fn keyframe_request(&mut self, kind: KeyFrameRequestKind) {
+        match kind {
+            KeyFrameRequestKind::Pli => self.plis += 1,
+            KeyFrameRequestKind::Fir => self.firs += 1,
+        }
+    }
+
+    /// `n` NACK messages written.
+    pub(super) fn nacks(&mut self, n: usize) {
+        self.nacks += n as u64;
+    }
+
+    /// The packet was sent to a client: count its feedback out.
+    pub(super) fn count_out(&self, outputs: &Outputs) {
+        let m = &outputs.counters.media;
+        for (f, n) in [
+            (Feedback::Nack, self.nacks),
+            (Feedback::Pli, self.plis),
+            (Feedback::Fir, self.firs),
+        ] {
+            if n > 0 {
+                m.rtcp_feedback(f, Direction::Out, n);
+            }
+        }
+    }
 }
 
 /// Sends a KeyFrameRequest for the encoding with `ssrc` (all when `None`) to a piped
@@ -164,6 +206,10 @@ pub(super) fn send_pipe_keyframe_request(
             encoding,
         },
     });
+    outputs
+        .counters
+        .media
+        .pipe_feedback(PipeFeedback::KeyFrameRequest, Direction::Out, 1);
 }
 
 /// Origin side: sends one packet of a producer encoding to every node it is piped to. The
@@ -207,19 +253,29 @@ pub(super) fn pipe_out(
     }
 }
 
-/// Encrypts and sends an RTCP compound packet on a transport's selected tuple.
-fn send_rtcp(transports: &mut Transports, id: &TransportId, plain: &[u8], outputs: &mut Outputs) {
+/// Encrypts and sends an RTCP compound packet on a transport's selected tuple; false when it
+/// could not (no transport, no selected tuple, no SRTP yet, encryption failed).
+fn send_rtcp(
+    transports: &mut Transports,
+    id: &TransportId,
+    plain: &[u8],
+    outputs: &mut Outputs,
+) -> bool {
     let Some(t) = transports.get_mut(id) else {
-        return;
+        return false;
     };
     let Some(tuple) = t.ice.selected_tuple() else {
-        return;
+        return false;
     };
     let Some(ctx) = t.srtp_out.as_mut() else {
-        return;
+        return false;
     };
-    if let Ok(enc) = ctx.encrypt_rtcp(plain) {
-        outputs.push_back(Output::Transmit { tuple, data: enc });
+    match ctx.encrypt_rtcp(plain) {
+        Ok(enc) => {
+            outputs.push_back(Output::Transmit { tuple, data: enc });
+            true
+        }
+        Err(_) => false,
     }
 }
 

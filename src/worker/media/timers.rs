@@ -20,6 +20,7 @@ pub fn room_timeout(
             reported |= pipe_producer_timeout(p, now, &mut seqs, outputs);
             continue;
         }
+        let mut feedback = FeedbackCount::default();
         // NACKs for missing packets.
         for s in p.streams.iter_mut() {
             let Some(ssrc) = s.ssrc else { continue };
@@ -29,9 +30,11 @@ pub fn room_timeout(
             for chunk in seqs.chunks(64) {
                 rtcp_core::write_nack(&mut buf, RTCP_SENDER_SSRC, ssrc, chunk);
             }
+            feedback.nacks(seqs.chunks(64).len());
         }
         // Held keyframe requests whose throttle window ended.
         while let Some(r) = p.keyframes.poll_request(now) {
+            feedback.keyframe_request(r.kind);
             match r.kind {
                 KeyFrameRequestKind::Pli => {
                     rtcp_core::write_pli(&mut buf, RTCP_SENDER_SSRC, r.media_ssrc)
@@ -60,7 +63,9 @@ pub fn room_timeout(
         if let (false, Some(t)) = (buf.is_empty(), p.transport()) {
             // A compound packet must begin with a report (RFC 3550 6.1); reduced-size RTCP
             // (RFC 5506, negotiated by WebRTC) allows feedback alone.
-            send_rtcp(transports, t, &buf, outputs);
+            if send_rtcp(transports, t, &buf, outputs) {
+                feedback.count_out(outputs);
+            }
         }
     }
     // Scores move with RTCP reports: evaluate them on the same cadence.
@@ -118,6 +123,11 @@ fn pipe_producer_timeout(
                 node: pipe.node.clone(),
                 data: dg.into(),
             });
+            outputs.counters.media.pipe_feedback(
+                PipeFeedback::Nack,
+                Direction::Out,
+                seqs.chunks(64).len() as u64,
+            );
         }
     }
     while let Some(r) = p.keyframes.poll_request(now) {

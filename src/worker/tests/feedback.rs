@@ -304,3 +304,85 @@ fn publisher_gets_transport_wide_cc_feedback() {
         .sum();
     assert_eq!(reported, 10, "every packet Alice sent is reported");
 }
+
+#[test]
+fn metrics_count_packets_feedback_and_retransmissions() {
+    use crate::metrics::{Direction, Feedback, Kind};
+    use std::sync::atomic::Ordering;
+    let mut r = VideoRoom::new();
+    let m = r.h.w.counters();
+    let udp = |d| {
+        let h = m.media.traffic.sizes(Kind::Udp, d);
+        (h.count(), h.sum_raw())
+    };
+    let fb = |f, d| m.media.rtcp_feedback_total(f, d);
+    let (in0, out0) = (udp(Direction::In), udp(Direction::Out));
+    let sent = r.alice_sends(7, b"counted");
+    assert_eq!(sent.len(), 1);
+    let enc_len = r
+        .alice_out
+        .encrypt_rtp(&vp8_packet(8, 8, b"counted"))
+        .expect("encrypt")
+        .len() as u64;
+    let (in1, out1) = (udp(Direction::In), udp(Direction::Out));
+    assert_eq!(in1.0 - in0.0, 1, "one packet in");
+    assert_eq!(in1.1 - in0.1, enc_len, "its SRTP bytes");
+    assert!(out1.0 > out0.0, "the forwarded copy is counted out");
+    assert_eq!(m.media.traffic.sizes(Kind::Tcp, Direction::In).count(), 0);
+
+    // A NACK in is counted, and so is the retransmission it causes.
+    let seq = RtpView::parse(&sent[0][..]).expect("rtp").sequence_number();
+    let mut nack = Vec::new();
+    rtcp_core::write_nack(&mut nack, 0xB0B, r.consumer_ssrc(), &[seq]);
+    let (_, to_bob) = r.bob_sends_rtcp(&nack);
+    assert_eq!(to_bob.len(), 1);
+    assert_eq!(fb(Feedback::Nack, Direction::In), 1);
+    assert_eq!(m.media.retransmissions.load(Ordering::Relaxed), 1);
+
+    // A PLI in is counted; the PLI sent to Alice for it is counted out.
+    r.h.advance_to(r.h.now + crate::timing::KEYFRAME_REQUEST_THROTTLE);
+    r.h.drain();
+    let pli_out = fb(Feedback::Pli, Direction::Out);
+    let mut pli = Vec::new();
+    rtcp_core::write_pli(&mut pli, 0xB0B, r.consumer_ssrc());
+    let (to_alice, _) = r.bob_sends_rtcp(&pli);
+    assert_eq!(plis_in(&to_alice).len(), 1);
+    assert_eq!(fb(Feedback::Pli, Direction::In), 1);
+    assert_eq!(fb(Feedback::Pli, Direction::Out), pli_out + 1);
+    assert_eq!(fb(Feedback::Fir, Direction::In), 0);
+
+    // Alice's lost packets make the worker NACK her, counted out.
+    let nack_out = fb(Feedback::Nack, Direction::Out);
+    r.alice_sends(20, b"after a gap");
+    let until = r.h.now + Duration::from_millis(200);
+    let mut outputs = Vec::new();
+    while r.h.now < until {
+        let next = (r.h.now + Duration::from_millis(5)).min(until);
+        r.h.advance_to(next);
+        outputs.extend(r.h.drain());
+    }
+    let (to_alice, _) = r.split(outputs);
+    let nacks = to_alice
+        .iter()
+        .flat_map(|p| parse_compound(p).expect("valid RTCP").collect::<Vec<_>>())
+        .filter(|i| matches!(i, RtcpItem::Nack { .. }))
+        .count() as u64;
+    assert!(nacks > 0, "the gap 8..20 is NACKed");
+    assert_eq!(fb(Feedback::Nack, Direction::Out), nack_out + nacks);
+
+    // State gauges follow the worker's maps.
+    let g = &m.media.gauges;
+    let gauges = [
+        &g.rooms,
+        &g.peers,
+        &g.sessions,
+        &g.transports,
+        &g.producers,
+        &g.consumers,
+    ]
+    .map(|a| a.load(Ordering::Relaxed));
+    assert_eq!(gauges, [1, 2, 2, 2, 1, 1]);
+    r.h.w.handle_session_closed(r.h.now, r.bob);
+    assert_eq!(g.peers.load(Ordering::Relaxed), 1);
+    assert_eq!(g.consumers.load(Ordering::Relaxed), 0);
+}

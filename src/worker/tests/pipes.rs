@@ -13,6 +13,7 @@ use super::*;
 use crate::discovery::directory::{DirectoryConfig, GossipDirectory};
 use crate::edge::demux::{classify, PacketClass};
 use crate::ids::{NodeId, ProducerId, RoomId};
+use crate::metrics::{Direction, Kind, PipeFeedback};
 use crate::pipe::link::DEFAULT_SUBSCRIPTION_LINGER;
 use crate::pipe::wire::{
     decode_control_body, encode_control, parse_datagram, write_datagram, ControlMessage,
@@ -1293,6 +1294,21 @@ fn lost_piped_packet_is_nacked_over_the_pipe_and_resent_hop_by_hop() {
         "b NACKs packet 4 on its pipe stream"
     );
     assert_eq!(p.cl.counters(A).pipe_rtp_retransmitted.load(Relaxed), 1);
+    // Counted on /metrics: the NACK out of b and into a, and pipe traffic both ways.
+    let (a, b) = (p.cl.counters(A), p.cl.counters(B));
+    assert_eq!(
+        b.media
+            .pipe_feedback_total(PipeFeedback::Nack, Direction::Out),
+        1
+    );
+    assert_eq!(
+        a.media
+            .pipe_feedback_total(PipeFeedback::Nack, Direction::In),
+        1
+    );
+    for (c, d) in [(&a, Direction::Out), (&b, Direction::In)] {
+        assert!(c.media.traffic.sizes(Kind::Pipe, d).count() >= 5);
+    }
     let resent = rtp_datagrams(&p.cl.dgrams[A]);
     assert_eq!(resent.len(), 1);
     assert_eq!(resent[0].0, p.stream_ids[0]);
@@ -1316,6 +1332,12 @@ fn far_keyframe_requests_are_coalesced_and_the_origin_throttles_its_pli() {
     // Let the keyframe requests of the accepts age out of their throttle windows.
     p.cl.advance(KEYFRAME_REQUEST_THROTTLE * 2);
     p.cl.reset();
+    let (ca, cb) = (p.cl.counters(A), p.cl.counters(B));
+    let kfr = |c: &WorkerCounters, d| {
+        c.media
+            .pipe_feedback_total(PipeFeedback::KeyFrameRequest, d)
+    };
+    let b_out = kfr(&cb, Direction::Out);
 
     let start = p.cl.now();
     for round in 0..2 {
@@ -1346,9 +1368,11 @@ fn far_keyframe_requests_are_coalesced_and_the_origin_throttles_its_pli() {
     p.cl.advance(KEYFRAME_REQUEST_THROTTLE * 2);
     assert_eq!(keyframe_requests(&p.cl.ctrl[B]).len(), 2, "nothing more");
     assert!(p.alice.plis(&p.cl.take(A)).is_empty());
+    assert_eq!(kfr(&cb, Direction::Out), b_out + 2);
 
     // The origin throttles too: a burst of KeyFrameRequests from b gives one PLI.
     p.cl.reset();
+    let a_in = kfr(&ca, Direction::In);
     for _ in 0..5 {
         p.cl.inject_control(
             A,
@@ -1363,6 +1387,11 @@ fn far_keyframe_requests_are_coalesced_and_the_origin_throttles_its_pli() {
     }
     let out = p.cl.take(A);
     assert_eq!(p.alice.plis(&out), vec![VP8_SSRC]);
+    assert_eq!(
+        kfr(&ca, Direction::In),
+        a_in + 5,
+        "every request is counted in"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
