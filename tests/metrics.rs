@@ -522,16 +522,21 @@ async fn metrics_parse_and_packet_counters_rise_while_media_flows() {
             rises(&b0, &b1, "b", name, &tl("udp", "out"));
             rises(&b0, &b1, "b", name, &tl("tcp", "out"));
         }
-        // The packet-size histogram is the same count, and bytes are its sum.
+        // The packet-size histogram is the same count, and bytes are its sum. Media flows
+        // while the scrape reads the atomics, and the histogram is encoded after the counters:
+        // it may be a few packets ahead, never behind.
         for (e, k, d) in [(&a1, "udp", "in"), (&b1, "pipe", "in"), (&b1, "tcp", "out")] {
             let packets = e.get("pipemesh_packets_total", &tl(k, d));
-            assert_eq!(
-                e.get("pipemesh_packet_size_bytes_count", &tl(k, d)),
-                packets
+            let count = e.get("pipemesh_packet_size_bytes_count", &tl(k, d));
+            assert!(
+                count >= packets && count - packets <= 20.0,
+                "{k} {d}: packet_size_bytes_count {count}, packets_total {packets}"
             );
-            assert_eq!(
-                e.get("pipemesh_packet_size_bytes_sum", &tl(k, d)),
-                e.get("pipemesh_bytes_total", &tl(k, d))
+            let bytes = e.get("pipemesh_bytes_total", &tl(k, d));
+            let sum = e.get("pipemesh_packet_size_bytes_sum", &tl(k, d));
+            assert!(
+                sum >= bytes && sum - bytes <= 20.0 * 1500.0,
+                "{k} {d}: packet_size_bytes_sum {sum}, bytes_total {bytes}"
             );
         }
         // Forwarding latency is observed for what a forwards from UDP and b from the pipe.
