@@ -27,6 +27,28 @@ pub fn free_udp_port() -> u16 {
         .expect("a free UDP port")
 }
 
+/// A loopback port free for both UDP and TCP (both bound at once, then released): the media
+/// port takes both.
+pub fn free_udp_tcp_port() -> u16 {
+    for _ in 0..100 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free UDP port");
+        let port = udp.local_addr().expect("bound").port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP in 100 tries");
+}
+
+/// How the process was started, to start it again on other ports.
+#[derive(Default)]
+struct Spawn {
+    etcd: String,
+    cluster: String,
+    extra: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
 /// A `pipemesh serve` process.
 pub struct NodeProcess {
     /// Its node id.
@@ -39,6 +61,9 @@ pub struct NodeProcess {
     pub pipe: SocketAddr,
     child: Option<Child>,
     log: PathBuf,
+    spawn: Spawn,
+    /// Starts so far (a start that lost a port race is retried on fresh ports).
+    starts: u32,
 }
 
 /// HTTP GET on loopback: (status, body). `None` when the connection fails.
@@ -73,9 +98,24 @@ impl NodeProcess {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> NodeProcess {
+        let spawn = Spawn {
+            etcd: etcd.to_owned(),
+            cluster: cluster.to_owned(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        Self::start(id, spawn, 1)
+    }
+
+    /// Starts the process on fresh free ports.
+    fn start(id: &str, spawn: Spawn, starts: u32) -> NodeProcess {
+        let (etcd, cluster) = (spawn.etcd.as_str(), spawn.cluster.as_str());
         let signaling = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
-        let rtc = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+        let rtc = SocketAddr::from(([127, 0, 0, 1], free_udp_tcp_port()));
         let pipe = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
         let log = std::env::temp_dir().join(format!(
             "pipemesh-node-{}-{id}-{}.log",
@@ -94,8 +134,8 @@ impl NodeProcess {
             .arg(format!("--pipe-listen={pipe}"))
             .arg("--announced-address=127.0.0.1")
             .arg("--insecure-pipes")
-            .args(extra)
-            .envs(env.iter().copied())
+            .args(&spawn.extra)
+            .envs(spawn.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(
                 "PIPEMESH_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info,dtls=error".into()),
@@ -111,6 +151,8 @@ impl NodeProcess {
             pipe,
             child: Some(child),
             log,
+            spawn,
+            starts,
         }
     }
 
@@ -132,6 +174,13 @@ impl NodeProcess {
                 return;
             }
             if let Some(status) = self.try_exit() {
+                // Ports are chosen free, then released: another test may take one before the
+                // node binds it. Start again on fresh ports.
+                if self.log().contains("Address already in use") && self.starts < 3 {
+                    let spawn = std::mem::take(&mut self.spawn);
+                    *self = Self::start(&self.id.clone(), spawn, self.starts + 1);
+                    continue;
+                }
                 panic!(
                     "node {} exited with {status} before ready:\n{}",
                     self.id,
