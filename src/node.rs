@@ -204,15 +204,7 @@ async fn start_node(
 > {
     let (started, started_at_ms) = (Instant::now(), unix_ms());
     let bind = |what, addr, source| NodeError::Bind { what, addr, source };
-    let udp = UdpSocket::bind(cfg.rtc_listen)
-        .await
-        .map_err(|e| bind("rtc UDP", cfg.rtc_listen, e))?;
-    let rtc = udp
-        .local_addr()
-        .map_err(|e| bind("rtc UDP", cfg.rtc_listen, e))?;
-    let tcp = TcpListener::bind(rtc)
-        .await
-        .map_err(|e| bind("rtc TCP", rtc, e))?;
+    let (udp, tcp, rtc) = bind_rtc(cfg.rtc_listen).await?;
     let signaling = TcpListener::bind(cfg.signaling_listen)
         .await
         .map_err(|e| bind("signaling", cfg.signaling_listen, e))?;
@@ -468,6 +460,32 @@ fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Tries of [`bind_rtc`] for a port chosen by the system.
+const RTC_BIND_TRIES: usize = 16;
+
+/// Binds the media port for UDP and TCP. With port 0 the system picks a free UDP port, which
+/// TCP may already use (an outgoing connection's port, say): then another pair is tried.
+async fn bind_rtc(listen: SocketAddr) -> Result<(UdpSocket, TcpListener, SocketAddr), NodeError> {
+    let bind = |what, addr, source| NodeError::Bind { what, addr, source };
+    let tries = if listen.port() == 0 {
+        RTC_BIND_TRIES
+    } else {
+        1
+    };
+    let mut last = None;
+    for _ in 0..tries {
+        let udp = UdpSocket::bind(listen)
+            .await
+            .map_err(|e| bind("rtc UDP", listen, e))?;
+        let rtc = udp.local_addr().map_err(|e| bind("rtc UDP", listen, e))?;
+        match TcpListener::bind(rtc).await {
+            Ok(tcp) => return Ok((udp, tcp, rtc)),
+            Err(e) => last = Some(bind("rtc TCP", rtc, e)),
+        }
+    }
+    Err(last.expect("at least one try"))
 }
 
 /// This node's record in the cluster registry.
