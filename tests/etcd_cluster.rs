@@ -128,6 +128,12 @@ async fn wait_readyz(node: &NodeProcess, status: u16, within: Duration) {
     }
 }
 
+/// Longest gap between packets that still counts as "media kept flowing" (the measured gaps are
+/// printed: 40-45 ms on a quiet machine). A registry problem that reached media would stop it for
+/// seconds (consumers paused or closed); scheduling on a loaded two-core machine has shown single
+/// gaps of 230-250 ms in debug builds, which must not fail the suite.
+const MEDIA_GAP_BOUND: Duration = Duration::from_millis(500);
+
 /// A longest gap as printed: gaps under the bot's tracking threshold are not known exactly.
 fn gap_text(longest: Option<Duration>) -> String {
     longest.map_or_else(
@@ -350,15 +356,12 @@ async fn etcd_outage_keeps_media_and_readiness_recovers() {
                 snap.received
             );
             assert!(
-                worst <= Duration::from_millis(200),
+                worst <= MEDIA_GAP_BOUND,
                 "{}: gap {worst:?}",
                 s.consumer.kind
             );
             let last = s.stats.last_arrival().expect("packets arrived");
-            assert!(
-                last.elapsed() < Duration::from_millis(200),
-                "media still flowing"
-            );
+            assert!(last.elapsed() < MEDIA_GAP_BOUND, "media still flowing");
         }
         // After etcd returns a new peer joins and sees everyone, and gets the publisher's media.
         let mut late = consumer(&nodes[1], "r", "late").await;
@@ -552,7 +555,7 @@ async fn watchers_behind_a_compaction_relist_and_converge() {
                 .filter(|s| {
                     s.stats
                         .last_arrival()
-                        .is_some_and(|t| t.elapsed() < Duration::from_millis(200))
+                        .is_some_and(|t| t.elapsed() < MEDIA_GAP_BOUND)
                 })
                 .count();
             if live >= 2 {
@@ -731,7 +734,7 @@ async fn a_node_cut_off_from_etcd_keeps_its_peers_and_media_on_the_others() {
                 gap_text(longest)
             );
             assert!(
-                worst <= Duration::from_millis(200),
+                worst <= MEDIA_GAP_BOUND,
                 "{}: gap {worst:?}",
                 s.consumer.kind
             );
@@ -901,15 +904,9 @@ async fn drain_moves_placement_away_while_sessions_keep_their_media() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         for s in &c.stats().await.expect("stats") {
             let gap = s.stats.longest_gap_since(t_drain);
-            assert!(
-                gap.unwrap_or_default() <= Duration::from_millis(200),
-                "{gap:?}"
-            );
+            assert!(gap.unwrap_or_default() <= MEDIA_GAP_BOUND, "{gap:?}");
             let last = s.stats.last_arrival().expect("media");
-            assert!(
-                last.elapsed() < Duration::from_millis(200),
-                "media still flowing"
-            );
+            assert!(last.elapsed() < MEDIA_GAP_BOUND, "media still flowing");
         }
         // Undrain: serving and ready again.
         client.delete(drain_key, None).await.unwrap();
