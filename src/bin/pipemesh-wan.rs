@@ -68,7 +68,15 @@ extern "C" fn on_signal(sig: libc::c_int) {
     }
 }
 
-fn main() -> Result<()> {
+fn main() {
+    // One line per error (with its causes), whatever RUST_BACKTRACE says.
+    if let Err(e) = real_main() {
+        eprintln!("pipemesh-wan: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
     match Cli::parse().command {
         Command::Run {
             config,
