@@ -430,6 +430,8 @@ fn cluster_of_nine_nodes_carries_media_across_the_wan() {
         field("p50=") >= 40.0,
         "one-way delay below the WAN's 40 ms: {summary}"
     );
+    let all: serde_json::Value = serde_json::from_str(&t.ctl("stats")).unwrap();
+    assert!(all["tun_tx_dropped"].is_u64(), "no tun_tx_dropped in {all}");
     let eu_us = t.link_stats("eu>us");
     assert!(
         eu_us["bytes_out"].as_u64().unwrap() > 100_000,

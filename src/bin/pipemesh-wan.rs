@@ -151,8 +151,20 @@ fn open_tun(name: &str) -> Result<OwnedFd> {
     Ok(fd)
 }
 
-fn write_stats(emu: &Mutex<Emulator>, path: Option<&Path>) {
-    let json = emu.lock().unwrap().stats_json();
+/// The core's statistics plus the kernel's count of packets dropped before the emulator read
+/// them (the TUN device's transmit queue overflowing: the emulator fell behind).
+fn stats(emu: &Mutex<Emulator>, tun: &str) -> serde_json::Value {
+    let mut json = emu.lock().unwrap().stats_json();
+    let path = format!("/sys/class/net/{tun}/statistics/tx_dropped");
+    let dropped = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    json["tun_tx_dropped"] = dropped.into();
+    json
+}
+
+fn write_stats(emu: &Mutex<Emulator>, tun: &str, path: Option<&Path>) {
+    let json = stats(emu, tun);
     match path {
         Some(p) => {
             let tmp = p.with_extension("tmp");
@@ -166,10 +178,11 @@ fn write_stats(emu: &Mutex<Emulator>, path: Option<&Path>) {
     }
 }
 
-fn serve_control(listener: UnixListener, emu: Arc<Mutex<Emulator>>) {
+fn serve_control(listener: UnixListener, emu: Arc<Mutex<Emulator>>, tun: String) {
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
         let emu = emu.clone();
+        let tun = tun.clone();
         std::thread::spawn(move || {
             let mut out = match conn.try_clone() {
                 Ok(o) => o,
@@ -180,7 +193,12 @@ fn serve_control(listener: UnixListener, emu: Arc<Mutex<Emulator>>) {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let reply = match emu.lock().unwrap().command(&line) {
+                let result = if line.trim() == "stats" {
+                    Ok(stats(&emu, &tun).to_string())
+                } else {
+                    emu.lock().unwrap().command(&line)
+                };
+                let reply = match result {
                     Ok(r) => format!("ok {r}\n"),
                     Err(e) => format!("err {}\n", e.replace('\n', " ")),
                 };
@@ -212,7 +230,8 @@ fn run(config: &Path, tun: &str, control: &Path, stats_file: Option<&Path>) -> R
     }
     {
         let emu = emu.clone();
-        std::thread::spawn(move || serve_control(listener, emu));
+        let tun = tun.to_string();
+        std::thread::spawn(move || serve_control(listener, emu, tun));
     }
     eprintln!(
         "pipemesh-wan: running on {tun}, control {}",
@@ -224,7 +243,7 @@ fn run(config: &Path, tun: &str, control: &Path, stats_file: Option<&Path>) -> R
     let mut write_errors = 0u64;
     while !STOP.load(Ordering::SeqCst) {
         if DUMP.swap(false, Ordering::SeqCst) {
-            write_stats(&emu, stats_file);
+            write_stats(&emu, tun, stats_file);
         }
         let timeout = {
             let e = emu.lock().unwrap();
@@ -287,7 +306,7 @@ fn run(config: &Path, tun: &str, control: &Path, stats_file: Option<&Path>) -> R
             }
         }
     }
-    write_stats(&emu, stats_file);
+    write_stats(&emu, tun, stats_file);
     let _ = std::fs::remove_file(control);
     Ok(())
 }
