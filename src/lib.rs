@@ -38,4 +38,5 @@ pub mod procfs;
 pub mod router;
 pub mod signaling;
 pub mod timing;
+pub mod wan;
 pub mod worker;
