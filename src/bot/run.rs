@@ -46,6 +46,41 @@ pub struct BotArgs {
     /// Seconds between statistics lines.
     #[arg(long, default_value_t = 5)]
     pub report_interval: u64,
+    /// Room token to join with (`pipemesh token`), for one bot (`--count 1`).
+    #[arg(long, env = "PIPEMESH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File with the cluster secret (else PIPEMESH_AUTH_SECRET): each bot mints its own room
+    /// token (both grants, valid for the run plus an hour), for nodes that require tokens.
+    #[arg(long, env = "PIPEMESH_AUTH_SECRET_FILE", value_name = "FILE")]
+    pub auth_secret_file: Option<std::path::PathBuf>,
+}
+
+/// The room token of bot `peer`: `--token` as given, or minted with the cluster secret when
+/// there is one (`--auth-secret-file` or `PIPEMESH_AUTH_SECRET`), else none.
+fn bot_token(args: &BotArgs, peer: &str) -> Result<Option<String>, BotError> {
+    if let Some(t) = &args.token {
+        return Ok(Some(t.clone()));
+    }
+    let secret = crate::config::load_auth_secret(args.auth_secret_file.as_deref())
+        .map_err(|e| BotError::InvalidArgument(format!("{e:#}")))?;
+    let Some(secret) = secret else {
+        return Ok(None);
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = crate::auth::Claims {
+        room: args.room.clone(),
+        peer: peer.to_owned(),
+        exp: now + args.duration + 3_600,
+        nbf: None,
+        iat: Some(now),
+        can_publish: true,
+        can_subscribe: true,
+    };
+    crate::auth::mint(&secret, &claims)
+        .map(Some)
+        .map_err(|e| BotError::InvalidArgument(e.to_string()))
 }
 
 /// What a run measured.
@@ -111,6 +146,12 @@ pub async fn run(args: BotArgs) -> Result<Summary, BotError> {
             "--report-interval must be at least 1".into(),
         ));
     }
+    if args.token.is_some() && args.count > 1 {
+        return Err(BotError::InvalidArgument(
+            "--token is for one bot (a token names one peer): use --auth-secret-file with --count"
+                .into(),
+        ));
+    }
     let (audio, video) = parse_produce(&args.produce)?;
     let mut bots = Vec::with_capacity(args.count);
     for peer in peer_ids(args.peer_id.as_deref(), args.count) {
@@ -119,6 +160,7 @@ pub async fn run(args: BotArgs) -> Result<Summary, BotError> {
         o.video = video;
         o.consume = args.consume;
         o.tcp = args.tcp;
+        o.token = bot_token(&args, &peer)?;
         bots.push(Bot::join(o).await?);
     }
     let start = Instant::now();
