@@ -114,6 +114,15 @@ impl Pipes {
     }
 }
 
+/// The way `p`'s stream came to this node, ending with the node it is piped from: empty for a
+/// local producer, and for a pipe producer not subscribed yet.
+pub(super) fn upstream_path(p: &Producer) -> Vec<NodeId> {
+    match &p.source {
+        Source::Pipe(pipe) => pipe.path.clone(),
+        Source::Transport(_) => Vec::new(),
+    }
+}
+
 /// A local peer as the directory announces it.
 pub(super) fn peer_info(id: &PeerId, display_name: &str, device: &Value) -> PeerInfo {
     PeerInfo {
@@ -200,6 +209,7 @@ impl Worker {
                 .map(|p| &mut p.source)
             {
                 pipe.stream_ids.clear();
+                pipe.path.clear();
             }
         }
         self.settle(now);
@@ -356,6 +366,7 @@ impl Worker {
                 stream_ids,
                 paused,
                 scores,
+                path,
                 ..
             } => self.far_subscribed(
                 now,
@@ -365,6 +376,7 @@ impl Worker {
                 stream_ids,
                 paused,
                 scores,
+                path,
             ),
             M::SubscribeFailed {
                 request_id,
@@ -534,6 +546,24 @@ impl Worker {
             .get_mut(room_id)
             .and_then(|r| r.producers.get_mut(producer_id))
             .filter(|p| p.pipe().is_none());
+        let upstream = producer
+            .as_ref()
+            .map(|p| upstream_path(p))
+            .unwrap_or_default();
+        if upstream.contains(node) {
+            // The requester is already on the stream's way here: serving it would close a
+            // loop.
+            self.refused("Subscribe that would close a loop");
+            self.outputs.push_back(Output::PipeControl {
+                node: node.clone(),
+                msg: ControlMessage::SubscribeFailed {
+                    request_id,
+                    producer_id: producer_id.clone(),
+                    reason: format!("{node} is already on the path of {producer_id}"),
+                },
+            });
+            return;
+        }
         let Some(p) = producer else {
             self.refused("Subscribe to an unknown producer");
             self.outputs.push_back(Output::PipeControl {
@@ -581,6 +611,7 @@ impl Worker {
                 rtp_parameters: p.consumable.clone(),
                 paused: p.paused,
                 scores: p.scores(now),
+                path: upstream,
             },
         });
     }
@@ -596,6 +627,7 @@ impl Worker {
         stream_ids: Vec<u64>,
         paused: bool,
         scores: Vec<u8>,
+        path: Vec<NodeId>,
     ) {
         let request = RequestId(request_id);
         let room_id = self.remote_room(producer_id, node);
@@ -616,7 +648,28 @@ impl Worker {
             let _ = subs.on_subscribed(now, request, producer_id, Vec::new());
             return;
         };
+        // The stream's way here: the sender's path, then the sender. A sender already on its
+        // own path announces a loop.
+        let looped = path.contains(node);
+        let mut path = path;
+        path.push(node.clone());
         let ids32 = match ids32 {
+            Some(_) if looped => {
+                self.counters
+                    .pipe_control_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                let reason = format!("path {path:?} repeats {node}");
+                tracing::warn!(%node, producer = %producer_id, %reason, "Subscribed refused");
+                if subs.on_subscribe_failed(now, request, reason).is_ok() {
+                    self.outputs.push_back(Output::PipeControl {
+                        node: node.clone(),
+                        msg: ControlMessage::Unsubscribe {
+                            producer_id: producer_id.clone(),
+                        },
+                    });
+                }
+                return;
+            }
             Some(ids) if ids.len() == n && distinct.len() == n => ids,
             _ => {
                 // A broken answer: the subscription fails (its consumers close) and the origin
@@ -656,6 +709,7 @@ impl Worker {
             if let Source::Pipe(pipe) = &mut p.source {
                 pipe.stream_ids = stream_ids;
                 pipe.scores = scores.into_iter().take(n).map(|s| s.min(10)).collect();
+                pipe.path = path;
             }
             // Consumers resumed before the streams were set up could not ask for a keyframe
             // (nothing is sent, nothing throttled, while unsubscribed): ask now, so video
@@ -938,6 +992,7 @@ impl Worker {
                     .map(|p| &mut p.source)
                 {
                     pipe.stream_ids.clear();
+                    pipe.path.clear();
                 }
                 self.outputs.push_back(Output::PipeControl {
                     node: node.clone(),
