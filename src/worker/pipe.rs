@@ -2,7 +2,10 @@
 //! packets go into the pipe, once per node, and far NACKs and keyframe requests come back) and
 //! the far side (a remote producer appears in the room directory: a pipe producer with the same
 //! id stands for it, local peers consume it, and [`Subscriptions`] decide when its media is
-//! piped here).
+//! piped here). A node also *relays*: a Subscribe for a pipe producer here is served like one
+//! for a local producer (each packet piped on once, NACKs answered from this node's copy,
+//! keyframe requests and the subscription itself passed upstream), and every answer carries
+//! the path the stream took, so a subscription that would close a loop is refused.
 //!
 //! Everything here is still sans-IO: pipe events are inputs (`handle_pipe_*`), what goes on
 //! the links is [`Output::PipeControl`] and [`Output::PipeDatagram`].
@@ -51,8 +54,14 @@ pub(super) struct Pipes {
     inbound: HashMap<(NodeId, u64), (RoomId, ProducerId, usize)>,
     /// Far side: pipe producer -> its room and origin node.
     remote: HashMap<ProducerId, (RoomId, NodeId)>,
-    /// Origin side: stream id -> the local producer encoding it carries.
+    /// Origin side: stream id -> the producer encoding it carries (a local producer, or a
+    /// pipe producer this node relays).
     outbound: HashMap<u64, (RoomId, ProducerId, usize)>,
+    /// Relay: pipe producer -> the downstream nodes subscribed to it here; each holds the
+    /// upstream subscription as a consumer would.
+    relayed: HashMap<ProducerId, HashSet<NodeId>>,
+    /// Relay: Subscribes waiting for the upstream subscription's answer (node, request id).
+    pending: HashMap<ProducerId, Vec<(NodeId, u64)>>,
     next_stream_id: u64,
     /// Earliest pipe timer, as of the last change.
     deadline: Option<Instant>,
@@ -185,6 +194,8 @@ impl Worker {
         if let Some(s) = self.pipes.links.get_mut(node) {
             s.on_link_down(now);
         }
+        // Relay: the far node's subscriptions no longer hold the upstream ones.
+        self.release_relayed(now, node, None);
         // Origin side: the far node's subscriptions died with the connection.
         for room in self.rooms.values_mut() {
             for p in room.producers.values_mut() {
@@ -273,17 +284,15 @@ impl Worker {
         self.sessions.len()
     }
 
-    /// Piped producers per remote node, for operators: (node, local producers piped to it,
-    /// its producers piped here). Producers, not encodings: a simulcast producer counts once.
+    /// Piped producers per remote node, for operators: (node, producers piped to it (local or
+    /// relayed), producers piped here from it). Producers, not encodings: a simulcast producer counts once.
     /// "Here" means subscribed and answered (its streams feed a pipe producer); requested or
     /// lingering subscriptions do not count. Sorted by node.
     pub fn pipe_stream_counts(&self) -> Vec<(NodeId, usize, usize)> {
         let mut counts: std::collections::BTreeMap<NodeId, (usize, usize)> = Default::default();
         for p in self.rooms.values().flat_map(|r| r.producers.values()) {
-            if p.pipe().is_none() {
-                for node in &p.piped_to {
-                    counts.entry(node.clone()).or_default().0 += 1;
-                }
+            for node in &p.piped_to {
+                counts.entry(node.clone()).or_default().0 += 1;
             }
         }
         let inbound: HashSet<(&NodeId, &ProducerId)> = self
@@ -319,6 +328,7 @@ impl Worker {
             self.refused("control message from a node whose link is not up");
             return;
         }
+        self.relay_downstream(node, &msg);
         match msg {
             M::RoomWatch { .. }
             | M::RoomUnwatch { .. }
@@ -333,12 +343,13 @@ impl Worker {
                 producer_id,
             } => self.origin_subscribe(now, node, request_id, &room_id, &producer_id),
             M::Unsubscribe { producer_id } => {
-                if let Some(p) = self.local_producer_mut(&producer_id) {
+                if let Some(p) = self.served_producer_mut(&producer_id) {
                     p.piped_to.retain(|n| n != node);
                     if p.piped_to.is_empty() {
                         p.pipe_buffers.clear();
                     }
                 }
+                self.release_relayed(now, node, Some(&producer_id));
             }
             M::KeyFrameRequest {
                 producer_id,
@@ -350,7 +361,7 @@ impl Worker {
                 let Some(room) = self.rooms.values_mut().find(|r| {
                     r.producers
                         .get(&producer_id)
-                        .is_some_and(|p| p.pipe().is_none() && p.piped_to.contains(node))
+                        .is_some_and(|p| p.piped_to.contains(node))
                 }) else {
                     self.refused("KeyFrameRequest for a producer not piped there");
                     return;
@@ -468,6 +479,7 @@ impl Worker {
                 let Some(room) = rooms.get_mut(room_id) else {
                     return;
                 };
+                // Relay: `forward` pipes it on once to every node subscribed here.
                 scratch.clear();
                 scratch.extend_from_slice(dg.packet);
                 forward(room, transports, outputs, counters, now, &sref, scratch);
@@ -531,8 +543,12 @@ impl Worker {
         }
     }
 
-    /// A node subscribes to a local producer: it is piped there from now on (every encoding,
-    /// one copy), and told the stream ids, parameters, pause state and scores.
+    /// A node subscribes to a producer here: it is piped there from now on (every encoding,
+    /// one copy), and told the stream ids, parameters, pause state, scores and the path the
+    /// stream took here. A local producer is answered at once; a pipe producer is relayed: the
+    /// requester holds this node's own subscription to it (as a local consumer would), and is
+    /// answered once that subscription is (its path known). A requester already on the path
+    /// is refused: piping to it would close a loop.
     fn origin_subscribe(
         &mut self,
         now: Instant,
@@ -544,8 +560,43 @@ impl Worker {
         let producer = self
             .rooms
             .get_mut(room_id)
-            .and_then(|r| r.producers.get_mut(producer_id))
-            .filter(|p| p.pipe().is_none());
+            .and_then(|r| r.producers.get_mut(producer_id));
+        // Relay: a pipe producer is served from its own subscription, held for the requester;
+        // until that one is answered (its path known), the request waits.
+        let relayed_from = producer
+            .as_ref()
+            .and_then(|p| p.pipe())
+            .map(|s| s.node.clone());
+        let path = producer
+            .as_ref()
+            .map(|p| upstream_path(p))
+            .unwrap_or_default();
+        if let Some(upstream) = relayed_from.filter(|_| !path.contains(node)) {
+            let subscribed = !path.is_empty();
+            if &upstream != node
+                && self
+                    .pipes
+                    .relayed
+                    .entry(producer_id.clone())
+                    .or_default()
+                    .insert(node.clone())
+            {
+                let link = self.pipes.link(now, &upstream);
+                if let Err(e) = link.add_consumer(now, producer_id) {
+                    tracing::warn!(%node, producer = %producer_id, error = %e, "cannot relay");
+                }
+            }
+            if !subscribed {
+                let waiting = self.pipes.pending.entry(producer_id.clone()).or_default();
+                waiting.retain(|(n, _)| n != node);
+                waiting.push((node.clone(), request_id));
+                return;
+            }
+        }
+        let producer = self
+            .rooms
+            .get_mut(room_id)
+            .and_then(|r| r.producers.get_mut(producer_id));
         let upstream = producer
             .as_ref()
             .map(|p| upstream_path(p))
@@ -727,6 +778,10 @@ impl Worker {
             &mut self.outputs,
             &mut self.transports,
         );
+        // Relay: the path is known now; answer the nodes that asked meanwhile.
+        for (to, req) in self.pipes.pending.remove(producer_id).unwrap_or_default() {
+            self.origin_subscribe(now, &to, req, &room_id, producer_id);
+        }
     }
 
     /// Sets a pipe producer's origin pause and/or link pause (see
@@ -772,11 +827,72 @@ impl Worker {
         self.rooms.get_mut(&room)?.producers.get_mut(producer_id)
     }
 
-    fn local_producer_mut(&mut self, producer_id: &ProducerId) -> Option<&mut Producer> {
+    /// Any producer this node can pipe on: a local one, or a pipe producer it relays.
+    fn served_producer_mut(&mut self, producer_id: &ProducerId) -> Option<&mut Producer> {
         self.rooms
             .values_mut()
             .find_map(|r| r.producers.get_mut(producer_id))
-            .filter(|p| p.pipe().is_none())
+    }
+
+    /// Relay: `node` no longer takes `producer` (every producer with `None`): it stops holding
+    /// the upstream subscription, and its waiting Subscribes are dropped.
+    fn release_relayed(&mut self, now: Instant, node: &NodeId, producer: Option<&ProducerId>) {
+        let ids: Vec<ProducerId> = match producer {
+            Some(p) => vec![p.clone()],
+            None => self.pipes.relayed.keys().cloned().collect(),
+        };
+        for id in ids {
+            if let Some(w) = self.pipes.pending.get_mut(&id) {
+                w.retain(|(n, _)| n != node);
+                if w.is_empty() {
+                    self.pipes.pending.remove(&id);
+                }
+            }
+            let Some(set) = self.pipes.relayed.get_mut(&id) else {
+                continue;
+            };
+            if !set.remove(node) {
+                continue;
+            }
+            if set.is_empty() {
+                self.pipes.relayed.remove(&id);
+            }
+            let upstream = self.pipes.remote.get(&id).map(|(_, n)| n.clone());
+            if let Some(s) = upstream.and_then(|n| self.pipes.links.get_mut(&n)) {
+                match s.remove_consumer(now, &id) {
+                    Ok(()) | Err(SubError::NoConsumer(_)) => {}
+                    Err(e) => tracing::debug!(%node, producer = %id, error = %e, "relay release"),
+                }
+            }
+        }
+    }
+
+    /// Relay: what the upstream `node` says about a producer this node relays goes on to the
+    /// nodes it is piped to (pause state, scores, its end).
+    fn relay_downstream(&mut self, node: &NodeId, msg: &ControlMessage) {
+        use ControlMessage as M;
+        let producer_id = match msg {
+            M::ProducerPaused { producer_id }
+            | M::ProducerResumed { producer_id }
+            | M::ProducerScore { producer_id, .. } => producer_id,
+            _ => return,
+        };
+        let Some(room) = self.remote_room(producer_id, node) else {
+            return;
+        };
+        let Some(p) = self
+            .rooms
+            .get(&room)
+            .and_then(|r| r.producers.get(producer_id))
+        else {
+            return;
+        };
+        for to in &p.piped_to {
+            self.outputs.push_back(Output::PipeControl {
+                node: to.clone(),
+                msg: msg.clone(),
+            });
+        }
     }
 
     fn refused(&self, what: &str) {
@@ -934,7 +1050,35 @@ impl Worker {
             } => self
                 .directory
                 .local_producer_paused(&room, &peer, &producer, paused),
-            Note::PipeProducerClosed { node, producer } => {
+            Note::PipeProducerClosed {
+                node,
+                producer,
+                piped_to,
+                stream_ids,
+            } => {
+                // Relay: the nodes it went on to hear of its end; waiting Subscribes fail.
+                for to in piped_to {
+                    self.outputs.push_back(Output::PipeControl {
+                        node: to,
+                        msg: ControlMessage::ProducerClosed {
+                            producer_id: producer.clone(),
+                        },
+                    });
+                }
+                for (to, request_id) in self.pipes.pending.remove(&producer).unwrap_or_default() {
+                    self.outputs.push_back(Output::PipeControl {
+                        node: to,
+                        msg: ControlMessage::SubscribeFailed {
+                            request_id,
+                            producer_id: producer.clone(),
+                            reason: format!("{producer} closed upstream"),
+                        },
+                    });
+                }
+                self.pipes.relayed.remove(&producer);
+                for sid in stream_ids {
+                    self.pipes.outbound.remove(&sid);
+                }
                 self.pipes.remote.remove(&producer);
                 self.pipes.inbound.retain(|_, (_, p, _)| *p != producer);
                 if let Some(s) = self.pipes.links.get_mut(&node) {

@@ -1826,4 +1826,5 @@ fn subscribed_with_stream_ids_beyond_u32_is_refused() {
     );
 }
 
+mod relay;
 mod report;
