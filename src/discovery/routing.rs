@@ -21,7 +21,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{NodeId, ProducerId};
+use crate::discovery::cluster::{ClusterView, LinkView};
+use crate::discovery::keys::NodeState;
+use crate::ids::{NodeId, ProducerId, RoomId};
 
 /// How producers are piped between nodes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -280,6 +282,43 @@ impl Plan {
 /// → parent): no, when `node` is already on it (the subscription would close a loop).
 pub fn would_loop(path: &[NodeId], node: &NodeId) -> bool {
     path.contains(node)
+}
+
+/// The nodes as `view` shows them: a remote node is alive while listed and its link not
+/// given up on or down; draining by its record or an operator's drain request.
+pub fn route_nodes(view: &ClusterView) -> Vec<RouteNode> {
+    view.nodes
+        .iter()
+        .map(|n| RouteNode {
+            id: n.record.node_id.clone(),
+            region: n.record.region.clone(),
+            draining: n.record.state == NodeState::Draining || n.drain.is_some(),
+            alive: n.link == LinkView::Local
+                || (n.listed && !matches!(n.link, LinkView::Gone | LinkView::Down)),
+        })
+        .collect()
+}
+
+/// The node the local node of `view` pipes `producer` (of `origin`, in `room`) from: its
+/// parent in the plan, or `None` when the plan has no route for it (the caller then pipes
+/// from the origin, as in a mesh).
+pub fn parent_in_view(
+    view: &ClusterView,
+    mode: RoutingMode,
+    room: &RoomId,
+    producer: &ProducerId,
+    origin: &NodeId,
+) -> Option<NodeId> {
+    let mut hosts: BTreeSet<NodeId> = view
+        .rooms
+        .iter()
+        .filter(|r| &r.room == room)
+        .flat_map(|r| r.hosts.iter().cloned())
+        .collect();
+    // This node needs it (it asks), whether or not its host key is in the cache yet.
+    hosts.insert(view.local_node.clone());
+    let plan = plan(&route_nodes(view), &hosts, producer, origin, mode).ok()?;
+    plan.parent(&view.local_node).cloned()
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ use super::media::{forward, send_keyframe_requests, StreamRef};
 use super::media::{Producer, Source};
 use super::{Note, Output, Worker};
 use crate::discovery::directory::DirectoryEvent;
+use crate::discovery::routing::{parent_in_view, RoutingMode};
 use crate::ids::{NodeId, PeerId, ProducerId, RoomId};
 use crate::metrics::{Direction, Kind, PipeFeedback};
 use crate::pipe::link::{
@@ -62,6 +63,13 @@ pub(super) struct Pipes {
     relayed: HashMap<ProducerId, HashSet<NodeId>>,
     /// Relay: Subscribes waiting for the upstream subscription's answer (node, request id).
     pending: HashMap<ProducerId, Vec<(NodeId, u64)>>,
+    /// Far side: the origin of each pipe producer (the directory's node), which may differ
+    /// from the node it is piped from.
+    origins: HashMap<ProducerId, NodeId>,
+    /// The path each node's last answer gave for a producer (before that node).
+    paths: HashMap<(NodeId, ProducerId), Vec<NodeId>>,
+    /// How pipe producers choose the node they are piped from.
+    routing: RoutingMode,
     next_stream_id: u64,
     /// Earliest pipe timer, as of the last change.
     deadline: Option<Instant>,
@@ -160,6 +168,14 @@ pub(super) fn remote_peer_json(p: &PeerInfo) -> Value {
 }
 
 impl Worker {
+    /// How remote producers are piped here: from their origin ([`RoutingMode::Mesh`]) or from
+    /// their parent in the per-region tree ([`RoutingMode::Tree`], which needs a cluster
+    /// directory; without one, or without a route, a producer is piped from its origin).
+    pub fn set_routing(&mut self, now: Instant, mode: RoutingMode) {
+        self.pipes.routing = mode;
+        self.reroute(now);
+    }
+
     /// Turns this worker into a cluster member: `directory` tells it about remote peers and
     /// producers, consumers of remote producers wait at most `grace` for a broken link.
     pub fn enable_pipes(
@@ -760,6 +776,9 @@ impl Worker {
             if let Source::Pipe(pipe) = &mut p.source {
                 pipe.stream_ids = stream_ids;
                 pipe.scores = scores.into_iter().take(n).map(|s| s.min(10)).collect();
+                self.pipes
+                    .paths
+                    .insert((node.clone(), producer_id.clone()), path.clone());
                 pipe.path = path;
             }
             // Consumers resumed before the streams were set up could not ask for a keyframe
@@ -825,6 +844,79 @@ impl Worker {
     ) -> Option<&mut Producer> {
         let room = self.remote_room(producer_id, node)?;
         self.rooms.get_mut(&room)?.producers.get_mut(producer_id)
+    }
+
+    /// The node to pipe `producer` (of `origin`, in `room`) from: its parent in the routing
+    /// plan of the directory's view, else the origin.
+    fn upstream_for(&self, room: &RoomId, producer: &ProducerId, origin: &NodeId) -> NodeId {
+        self.directory
+            .cluster_view()
+            .and_then(|v| parent_in_view(&v, self.pipes.routing, room, producer, origin))
+            .unwrap_or_else(|| origin.clone())
+    }
+
+    /// Moves every pipe producer whose parent changed (a relay left, drained or died, a
+    /// better one came, the mode changed) to its new parent: the old subscription is
+    /// released (it lingers, then ends) and the same consumers hold a new one. A parent that
+    /// pipes the producer from here is not taken (views disagree for a moment; the loop is
+    /// avoided until they agree).
+    pub(super) fn reroute(&mut self, now: Instant) {
+        let view = self.directory.cluster_view();
+        let mut moves = Vec::new();
+        for (pid, (room, via)) in &self.pipes.remote {
+            let origin = self.pipes.origins.get(pid).unwrap_or(via);
+            let new = view
+                .as_ref()
+                .and_then(|v| parent_in_view(v, self.pipes.routing, room, pid, origin))
+                .unwrap_or_else(|| origin.clone());
+            let downstream = self
+                .pipes
+                .relayed
+                .get(pid)
+                .is_some_and(|s| s.contains(&new));
+            if &new != via && !downstream {
+                moves.push((pid.clone(), room.clone(), via.clone(), new));
+            }
+        }
+        for (pid, room_id, old, new) in moves {
+            tracing::info!(producer = %pid, from = %old, to = %new, "re-routing a piped producer");
+            let Some(p) = self
+                .rooms
+                .get_mut(&room_id)
+                .and_then(|r| r.producers.get_mut(&pid))
+            else {
+                continue;
+            };
+            let held = p.consumers.len() + self.pipes.relayed.get(&pid).map_or(0, |s| s.len());
+            if let Source::Pipe(pipe) = &mut p.source {
+                pipe.node = new.clone();
+                pipe.stream_ids.clear();
+                pipe.path.clear();
+            }
+            self.pipes
+                .inbound
+                .retain(|(n, _), (_, q, _)| !(n == &old && *q == pid));
+            self.pipes
+                .remote
+                .insert(pid.clone(), (room_id.clone(), new.clone()));
+            if let Some(s) = self.pipes.links.get_mut(&old) {
+                for _ in 0..held {
+                    let _ = s.remove_consumer(now, &pid);
+                }
+            }
+            let link = self.pipes.link(now, &new);
+            for _ in 0..held {
+                if let Err(e) = link.add_consumer(now, &pid) {
+                    tracing::warn!(node = %new, producer = %pid, error = %e, "cannot re-route");
+                }
+            }
+            if let Some(SubState::Active { stream_ids }) = link.state(pid.as_str()).cloned() {
+                self.restore_streams(&new, &pid, &stream_ids);
+            }
+        }
+        if !self.pipes.links.is_empty() {
+            self.settle_inner(now);
+        }
     }
 
     /// Any producer this node can pipe on: a local one, or a pipe producer it relays.
@@ -950,6 +1042,13 @@ impl Worker {
     /// Applies everything the last input set in motion: room notes, directory events and
     /// messages, subscription actions, until none is left.
     pub(super) fn settle(&mut self, now: Instant) {
+        self.settle_inner(now);
+        if self.pipes.routing == RoutingMode::Tree && !self.pipes.remote.is_empty() {
+            self.reroute(now);
+        }
+    }
+
+    fn settle_inner(&mut self, now: Instant) {
         loop {
             let mut progressed = false;
             while let Some(n) = self.outputs.notes.pop_front() {
@@ -1076,6 +1175,8 @@ impl Worker {
                     });
                 }
                 self.pipes.relayed.remove(&producer);
+                self.pipes.origins.remove(&producer);
+                self.pipes.paths.retain(|(_, p), _| *p != producer);
                 for sid in stream_ids {
                     self.pipes.outbound.remove(&sid);
                 }
@@ -1300,6 +1401,12 @@ impl Worker {
             return;
         }
         let app_data: Value = serde_json::from_str(&info.app_data).unwrap_or(json!({}));
+        let origin = node;
+        let via = self.upstream_for(room_id, &info.producer_id, origin);
+        let node = &via;
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
         let p = match Producer::new_pipe(
             now,
             info.producer_id.clone(),
@@ -1322,6 +1429,7 @@ impl Worker {
         self.pipes
             .remote
             .insert(id.clone(), (room_id.clone(), node.clone()));
+        self.pipes.origins.insert(id.clone(), origin.clone());
         let peers: Vec<PeerId> = room
             .peers
             .values()
@@ -1360,6 +1468,9 @@ impl Worker {
             return;
         }
         pipe.stream_ids = stream_ids.iter().map(|&s| u64::from(s)).collect();
+        if let Some(path) = self.pipes.paths.get(&(node.clone(), producer_id.clone())) {
+            pipe.path = path.clone();
+        }
         for (i, sid) in pipe.stream_ids.iter().enumerate() {
             self.pipes.inbound.insert(
                 (node.clone(), *sid),

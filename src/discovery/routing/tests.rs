@@ -1,6 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
+use crate::ids::RoomId;
 
 fn n(id: &str) -> NodeId {
     NodeId::from(id)
@@ -481,4 +482,87 @@ fn simulated_cluster_crosses_each_region_once() {
         }
         assert!(totals.0 < totals.1, "seed {seed}: tree {totals:?} vs mesh");
     }
+}
+
+fn view(local: &str, nodes: &[(&str, &str, LinkView, bool)], hosts: &[&str]) -> ClusterView {
+    use crate::discovery::cluster::{NodeView, RoomView};
+    ClusterView {
+        local_node: n(local),
+        revision: 1,
+        nodes: nodes
+            .iter()
+            .map(|(id, region, link, draining)| NodeView {
+                record: serde_json::from_value(serde_json::json!({
+                    "nodeId": id, "region": region,
+                    "state": if *draining { "draining" } else { "serving" },
+                }))
+                .expect("a node record"),
+                listed: true,
+                frozen: false,
+                link: *link,
+                wanted: false,
+                drain: None,
+            })
+            .collect(),
+        rooms: vec![RoomView {
+            room: RoomId::from("r"),
+            watched: true,
+            hosts: hosts.iter().map(|h| n(h)).collect(),
+            peers: Vec::new(),
+        }],
+        stats: Default::default(),
+    }
+}
+
+#[test]
+fn parent_from_the_cluster_view() {
+    let p = ProducerId::from("p");
+    let r = RoomId::from("r");
+    let o = n("n1");
+    let nodes = |link3, link4, drain4| {
+        vec![
+            ("n1", "eu", LinkView::Up, false),
+            ("n3", "us", link3, false),
+            ("n4", "us", link4, drain4),
+        ]
+    };
+    let all = ["n1", "n3", "n4"];
+    // Seen from n3 and from n4, the same relay; the other pipes from it.
+    let from3 = view("n3", &nodes(LinkView::Local, LinkView::Up, false), &all);
+    let from4 = view("n4", &nodes(LinkView::Up, LinkView::Local, false), &all);
+    let (p3, p4) = (
+        parent_in_view(&from3, RoutingMode::Tree, &r, &p, &o).unwrap(),
+        parent_in_view(&from4, RoutingMode::Tree, &r, &p, &o).unwrap(),
+    );
+    assert!(
+        (p3 == o && p4 == n("n3")) || (p4 == o && p3 == n("n4")),
+        "{p3} {p4}"
+    );
+    // Mesh: both from the origin.
+    assert_eq!(
+        parent_in_view(&from3, RoutingMode::Mesh, &r, &p, &o),
+        Some(o.clone())
+    );
+    // n4 drains: n3 relays; its link is down (seen from n3): n3 pipes from the origin.
+    let drained = view("n4", &nodes(LinkView::Up, LinkView::Local, true), &all);
+    assert_eq!(
+        parent_in_view(&drained, RoutingMode::Tree, &r, &p, &o),
+        Some(n("n3"))
+    );
+    let down = view("n3", &nodes(LinkView::Local, LinkView::Down, false), &all);
+    assert_eq!(
+        parent_in_view(&down, RoutingMode::Tree, &r, &p, &o),
+        Some(o.clone())
+    );
+    // The local node counts as a host before its host key is listed.
+    let early = view("n3", &nodes(LinkView::Local, LinkView::Up, false), &["n1"]);
+    assert_eq!(
+        parent_in_view(&early, RoutingMode::Tree, &r, &p, &o),
+        Some(o.clone())
+    );
+    // No route when the origin is unknown.
+    assert_eq!(
+        parent_in_view(&early, RoutingMode::Tree, &r, &p, &n("nx")),
+        None
+    );
 }
