@@ -198,6 +198,7 @@ impl Worker {
         }
         self.reoffer_remote_producers(now, node);
         self.settle(now);
+        self.reroute_if_tree(now);
     }
 
     /// The pipe link to `node` went down.
@@ -240,6 +241,7 @@ impl Worker {
             }
         }
         self.settle(now);
+        self.reroute_if_tree(now);
     }
 
     /// The directory's view of the cluster as JSON (`null` when the directory has none, as
@@ -334,6 +336,7 @@ impl Worker {
     ) {
         self.directory.apply_registry(update);
         self.settle(now);
+        self.reroute_if_tree(now);
     }
 
     /// A control message from `node`.
@@ -914,8 +917,15 @@ impl Worker {
                 self.restore_streams(&new, &pid, &stream_ids);
             }
         }
-        if !self.pipes.links.is_empty() {
-            self.settle_inner(now);
+        self.settle(now);
+    }
+
+    /// [`Self::reroute`] after what can change a parent: the registry (nodes, their state,
+    /// room hosts), a link going up or down, a node given up on. Not on every settle: the
+    /// directory's view is built for it.
+    fn reroute_if_tree(&mut self, now: Instant) {
+        if self.pipes.routing == RoutingMode::Tree && !self.pipes.remote.is_empty() {
+            self.reroute(now);
         }
     }
 
@@ -1042,13 +1052,6 @@ impl Worker {
     /// Applies everything the last input set in motion: room notes, directory events and
     /// messages, subscription actions, until none is left.
     pub(super) fn settle(&mut self, now: Instant) {
-        self.settle_inner(now);
-        if self.pipes.routing == RoutingMode::Tree && !self.pipes.remote.is_empty() {
-            self.reroute(now);
-        }
-    }
-
-    fn settle_inner(&mut self, now: Instant) {
         loop {
             let mut progressed = false;
             while let Some(n) = self.outputs.notes.pop_front() {
@@ -1105,6 +1108,7 @@ impl Worker {
         }
         // Producers of gone nodes close first, so their subscriptions end quietly.
         self.settle(now);
+        self.reroute_if_tree(now);
         for s in self.pipes.links.values_mut() {
             s.handle_timeout(now);
         }
