@@ -1,7 +1,8 @@
 //! Routing with real node processes and etcd: n1 in eu publishes, n3 and n4 in us consume.
 //! With `--routing tree` (the default) n1 pipes each producer into us once (to its relay, one
 //! of n3/n4 chosen per producer, which pipes it on to the other); with `--routing mesh` n1
-//! pipes to both. When a relay dies, the other us node pipes from n1. Read from
+//! pipes to both. When a relay drains, the other us node relays; when it dies, the other
+//! pipes from n1. Read from
 //! `/api/v1/links` (`pipedStreamsOut` / `pipedStreamsIn` per peer).
 //!
 //! Every test is bounded; waits re-read the endpoint until a condition holds.
@@ -106,7 +107,7 @@ async fn cluster(routing: &str) -> (Etcd, Vec<NodeProcess>) {
 #[tokio::test]
 async fn tree_pipes_each_producer_into_a_region_once_and_reroutes_when_the_relay_dies() {
     tokio::time::timeout(Duration::from_secs(150), async {
-        let (_etcd, mut nodes) = cluster("tree").await;
+        let (etcd, mut nodes) = cluster("tree").await;
         let _p = publisher(&nodes[0], "r", "pub").await;
         let mut c3 = consumer(&nodes[1], "r", "c3").await;
         let mut c4 = consumer(&nodes[2], "r", "c4").await;
@@ -123,7 +124,24 @@ async fn tree_pipes_each_producer_into_a_region_once_and_reroutes_when_the_relay
             into_us == 2 && within_us == 2 && in3 == 2 && in4 == 2
         })
         .await;
-        // n3 dies: n4 pipes both producers from n1.
+        // n4 drains: n3 relays both producers, and pipes them on to n4.
+        let drain = tokio::process::Command::new(env!("CARGO_BIN_EXE_pipemesh"))
+            .args(["drain", "n4", "--reason=test"])
+            .arg(format!("--etcd-endpoints={}", etcd.endpoint()))
+            .arg("--cluster=test")
+            .env_remove("PIPEMESH_CLUSTER")
+            .output()
+            .await
+            .expect("run pipemesh drain");
+        assert!(drain.status.success(), "{drain:?}");
+        wait_links(&[n1, n3, n4], "n3 relays both", |l| {
+            out_to(&l[0], "n3") == 2
+                && out_to(&l[0], "n4") == 0
+                && out_to(&l[1], "n4") == 2
+                && in_from(&l[2], "n3") == 2
+        })
+        .await;
+        // n3 dies: n4 (draining, but the only one left in us) pipes both from n1.
         nodes[1].kill();
         let (n1, n4) = (&nodes[0], &nodes[2]);
         wait_links(&[n1, n4], "n4 pipes from n1", |l| {

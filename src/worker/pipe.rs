@@ -369,6 +369,9 @@ impl Worker {
                     }
                 }
                 self.release_relayed(now, node, Some(&producer_id));
+                // A parent change held back by this node's subscription may go ahead now.
+                self.settle(now);
+                self.reroute_if_tree(now);
             }
             M::KeyFrameRequest {
                 producer_id,
@@ -902,9 +905,21 @@ impl Worker {
             self.pipes
                 .remote
                 .insert(pid.clone(), (room_id.clone(), new.clone()));
+            // The old subscription ends now (no linger: the new parent takes over), so a node
+            // waiting to take this one's place upstream is not held back.
             if let Some(s) = self.pipes.links.get_mut(&old) {
+                let subscribed = s.state(pid.as_str()).is_some();
                 for _ in 0..held {
                     let _ = s.remove_consumer(now, &pid);
+                }
+                s.on_producer_closed(now, &pid);
+                if subscribed {
+                    self.outputs.push_back(Output::PipeControl {
+                        node: old.clone(),
+                        msg: ControlMessage::Unsubscribe {
+                            producer_id: pid.clone(),
+                        },
+                    });
                 }
             }
             let link = self.pipes.link(now, &new);
