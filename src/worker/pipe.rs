@@ -931,6 +931,11 @@ impl Worker {
             if let Some(SubState::Active { stream_ids }) = link.state(pid.as_str()).cloned() {
                 self.restore_streams(&new, &pid, &stream_ids);
             }
+            // Consumers paused for the old parent's broken link are the new subscription's
+            // now, which starts unpaused (it pauses them again if its link breaks).
+            if held > 0 {
+                self.remote_pause(now, &new, &pid, None, Some(false));
+            }
         }
         self.settle(now);
     }
