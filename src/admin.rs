@@ -45,6 +45,7 @@
 //!             "consumers": 2}],
 //!  "producers": [{"producerId": "...", "peerId": "pub", "originNodeId": "n1",
 //!    "kind": "video", "paused": false, "local": false, "via": "n1", "pipedTo": ["n3"],
+//!    "path": ["n1", "n2"],
 //!    "layers": [{"rid": "r0", "ssrc": 1234, "active": true, "bitrateBps": 150000}],
 //!    "consumers": [{"consumerId": "...", "peerId": "c2", "paused": false,
 //!                   "spatialLayer": 2, "temporalLayer": 1}]}]}

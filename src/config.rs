@@ -68,6 +68,9 @@ pub struct Config {
     pub node_id: String,
     /// Region label of this node.
     pub region: String,
+    /// How producers are piped between nodes: `tree` (each producer enters each other region
+    /// once, through a relay there) or `mesh` (every node pipes from the origin).
+    pub routing: crate::discovery::routing::RoutingMode,
     /// `tracing` filter, e.g. `info` or `pipemesh=debug,info`.
     pub log: String,
     /// Directory served at `/` on the signaling listener (the demo page), if it exists.
@@ -198,6 +201,7 @@ impl Default for Config {
             admin_token: None,
             node_id: default_node_id(),
             region: "default".into(),
+            routing: crate::discovery::routing::RoutingMode::Tree,
             log: "info,dtls=error".into(),
             web_root: None,
             consent_timeout_secs: 30,
@@ -273,6 +277,9 @@ pub struct ServeArgs {
     /// Region label [default: default]
     #[arg(long, env = "PIPEMESH_REGION")]
     pub region: Option<String>,
+    /// Routing of producers between nodes: tree or mesh [default: tree]
+    #[arg(long, env = "PIPEMESH_ROUTING", value_name = "tree|mesh")]
+    pub routing: Option<crate::discovery::routing::RoutingMode>,
     /// Log filter [default: info]
     #[arg(long, env = "PIPEMESH_LOG")]
     pub log: Option<String>,
@@ -444,6 +451,9 @@ impl Config {
         }
         if let Some(v) = &a.region {
             self.region = v.clone();
+        }
+        if let Some(v) = a.routing {
+            self.routing = v;
         }
         if let Some(v) = &a.log {
             self.log = v.clone();
@@ -928,6 +938,29 @@ mod tests {
     #[test]
     fn defaults_validate() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn routing_from_file_and_flag() {
+        use crate::discovery::routing::RoutingMode;
+        assert_eq!(Config::default().routing, RoutingMode::Tree);
+        let mut cfg = Config::from_toml("routing = \"mesh\"\n").unwrap();
+        assert_eq!(cfg.routing, RoutingMode::Mesh);
+        assert!(Config::from_toml("routing = \"ring\"\n").is_err());
+        cfg.apply(&ServeArgs {
+            routing: Some(RoutingMode::Tree),
+            ..Default::default()
+        });
+        assert_eq!(cfg.routing, RoutingMode::Tree);
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let cli =
+            <Cli as clap::Parser>::try_parse_from(["serve", "--routing", "mesh"]).expect("parses");
+        assert_eq!(cli.serve.routing, Some(RoutingMode::Mesh));
+        assert!(<Cli as clap::Parser>::try_parse_from(["serve", "--routing", "ring"]).is_err());
     }
 
     #[test]

@@ -268,6 +268,7 @@ async fn start_node(
         Box::new(ClusterDirectory::new(record, directory_config))
     };
     worker.enable_pipes(directory, Duration::from_secs(cfg.pipe_grace_secs));
+    worker.set_routing(Instant::now(), cfg.routing);
     worker.set_ntp_origin(
         Instant::now(),
         ntp_from_system_time(std::time::SystemTime::now()),

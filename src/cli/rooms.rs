@@ -74,6 +74,8 @@ pub struct ProducerReport {
     pub via: Option<String>,
     /// Nodes this node pipes it to.
     pub piped_to: Vec<String>,
+    /// The way its stream takes to the answering node, origin first (empty when unknown).
+    pub path: Vec<String>,
     /// Its encodings.
     pub layers: Vec<LayerReport>,
     /// Its consumers on the answering node.
@@ -193,6 +195,8 @@ pub struct RoomProducer {
     pub piped_to: Option<Vec<String>>,
     /// Nodes with consumers of it, and the node each gets it from, sorted.
     pub consumed_on: Vec<ConsumedOn>,
+    /// Its tree: the path (origin first) to every node that reported one, sorted.
+    pub paths: Vec<Vec<String>>,
 }
 
 /// One encoding of a producer.
@@ -291,6 +295,7 @@ pub fn room_detail(snapshot: &Snapshot, room: &str) -> Option<RoomDetail> {
                 layers: None,
                 piped_to: None,
                 consumed_on: Vec::new(),
+                paths: Vec::new(),
             })
             .collect(),
     })
@@ -355,6 +360,9 @@ pub fn enrich(detail: &mut RoomDetail, answers: &BTreeMap<NodeId, Result<RoomRep
             };
             let consumers = u64::try_from(p.consumers.len()).unwrap_or(u64::MAX);
             let at_origin = node == origin;
+            if !p.path.is_empty() {
+                producer.paths.push(p.path.clone());
+            }
             if at_origin {
                 producer.layers = Some(layers(&p.layers));
                 producer.piped_to = Some(p.piped_to.clone());
@@ -372,6 +380,8 @@ pub fn enrich(detail: &mut RoomDetail, answers: &BTreeMap<NodeId, Result<RoomRep
         if producer.layers.is_none() {
             producer.layers = remote_layers;
         }
+        producer.paths.sort();
+        producer.paths.dedup();
     }
 }
 
@@ -396,6 +406,24 @@ pub fn layers_cell(layers: Option<&[Layer]>) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The tree column: every path that no other one extends, `n1 → n2, n1 → n3 → n4`; `-`
+/// when no node told its path.
+pub fn tree_cell(paths: &[Vec<String>]) -> String {
+    let leaves: Vec<String> = paths
+        .iter()
+        .filter(|p| {
+            !paths
+                .iter()
+                .any(|q| q.len() > p.len() && q.starts_with(p.as_slice()))
+        })
+        .map(|p| p.join(" → "))
+        .collect();
+    if leaves.is_empty() {
+        return "-".into();
+    }
+    leaves.join(", ")
 }
 
 /// The consumed-on column: `n1 (1), n2 via n1 (2)`.
@@ -473,8 +501,20 @@ pub fn render_detail(d: &RoomDetail) -> String {
             ]
         })
         .collect();
+    // Each producer's tree, once some node beyond its origin told its path.
+    let trees: Vec<Vec<String>> = d
+        .producers
+        .iter()
+        .filter(|p| p.paths.iter().any(|x| x.len() > 1))
+        .map(|p| vec![p.producer_id.clone(), tree_cell(&p.paths)])
+        .collect();
+    let trees = if trees.is_empty() {
+        String::new()
+    } else {
+        format!("\n{}", render_table(&["PRODUCER", "TREE"], &trees))
+    };
     format!(
-        "Room:  {}\nNodes: {}\n\n{}\n{}",
+        "Room:  {}\nNodes: {}\n\n{}\n{}{}",
         d.room,
         nodes.join(", "),
         render_table(
@@ -499,7 +539,8 @@ pub fn render_detail(d: &RoomDetail) -> String {
                 "CONSUMED ON"
             ],
             &producers
-        )
+        ),
+        trees
     )
 }
 
@@ -657,7 +698,7 @@ mod tests {
         "peers":[{"peerId":"pub","displayName":"Pub","transports":2,"producers":2,"consumers":1}],
         "producers":[
           {"producerId":"a","peerId":"pub","originNodeId":"n1","kind":"audio","paused":false,
-           "local":true,"via":null,"pipedTo":["n2","n3"],
+           "local":true,"via":null,"pipedTo":["n2","n3"],"path":["n1"],
            "layers":[{"rid":null,"ssrc":1111,"active":true}],"consumers":[]},
           {"producerId":"v","peerId":"pub","originNodeId":"n1","kind":"video","paused":true,
            "local":true,"via":null,"pipedTo":["n2"],
@@ -671,7 +712,7 @@ mod tests {
                   "consumers":[{},{}]}],
         "producers":[
           {"producerId":"a","peerId":"pub","originNodeId":"n1","local":false,"via":"n1",
-           "pipedTo":[],"layers":[{"ssrc":9}],
+           "pipedTo":[],"path":["n1","n2"],"layers":[{"ssrc":9}],
            "consumers":[{"consumerId":"c1","peerId":"sub"},{"consumerId":"c9","peerId":"x"}]},
           {"producerId":"v","peerId":"pub","originNodeId":"n1","local":false,"via":"n1",
            "consumers":[{"consumerId":"c2","peerId":"sub","spatialLayer":0}]},
@@ -770,6 +811,36 @@ mod tests {
         assert!(
             text.contains("v          pub    n1       video   yes      r0,r1,r2(off)   n1 (1), n2 via n1 (1)\n"),
             "{text}"
+        );
+        // The tree of a: n1's path is a prefix of n2's; v's paths are not known beyond n1.
+        assert_eq!(
+            d.producers[0].paths,
+            vec![
+                vec!["n1".to_owned()],
+                vec!["n1".to_owned(), "n2".to_owned()]
+            ]
+        );
+        assert!(text.contains("PRODUCER   TREE"), "{text}");
+        assert!(text.contains("a          n1 → n2\n"), "{text}");
+        assert_eq!(
+            json["producers"][0]["paths"][1],
+            serde_json::json!(["n1", "n2"])
+        );
+    }
+
+    #[test]
+    fn tree_cell_shows_the_leaves() {
+        let p = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(tree_cell(&[]), "-");
+        assert_eq!(tree_cell(&[p(&["n1"])]), "n1");
+        assert_eq!(
+            tree_cell(&[
+                p(&["n1"]),
+                p(&["n1", "n2"]),
+                p(&["n1", "n3"]),
+                p(&["n1", "n3", "n4"])
+            ]),
+            "n1 → n2, n1 → n3 → n4"
         );
     }
 

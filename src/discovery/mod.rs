@@ -9,6 +9,7 @@
 //! - `local`: this node's rooms, peers and producers within the bounds, shared by the gossip
 //!   and cluster directories.
 //! - [`placement`]: which node a new client of a room should connect to.
+//! - [`routing`]: which node pipes each producer to which (full mesh or a tree per region).
 //! - [`etcd`] and [`in_process`]: the two registry backends (tokio tasks).
 
 pub mod cluster;
@@ -16,8 +17,9 @@ pub mod directory;
 pub mod etcd;
 pub mod in_process;
 pub mod keys;
-pub mod placement;
 mod local;
+pub mod placement;
 pub mod registry;
+pub mod routing;
 #[cfg(test)]
 mod testing;

@@ -164,8 +164,14 @@ pub(crate) enum Note {
         producer: ProducerId,
         paused: bool,
     },
-    /// A piped producer closed (its origin closed it, or the origin node is gone).
-    PipeProducerClosed { node: NodeId, producer: ProducerId },
+    /// A piped producer closed (its origin closed it, or the origin node is gone); it was
+    /// relayed to `piped_to` on `stream_ids`.
+    PipeProducerClosed {
+        node: NodeId,
+        producer: ProducerId,
+        piped_to: Vec<NodeId>,
+        stream_ids: Vec<u64>,
+    },
     /// A consumer of a remote (piped) producer was created.
     PipeConsumerAdded { node: NodeId, producer: ProducerId },
     /// A consumer of a remote (piped) producer closed.

@@ -2,7 +2,10 @@
 //! packets go into the pipe, once per node, and far NACKs and keyframe requests come back) and
 //! the far side (a remote producer appears in the room directory: a pipe producer with the same
 //! id stands for it, local peers consume it, and [`Subscriptions`] decide when its media is
-//! piped here).
+//! piped here). A node also *relays*: a Subscribe for a pipe producer here is served like one
+//! for a local producer (each packet piped on once, NACKs answered from this node's copy,
+//! keyframe requests and the subscription itself passed upstream), and every answer carries
+//! the path the stream took, so a subscription that would close a loop is refused.
 //!
 //! Everything here is still sans-IO: pipe events are inputs (`handle_pipe_*`), what goes on
 //! the links is [`Output::PipeControl`] and [`Output::PipeDatagram`].
@@ -23,6 +26,7 @@ use super::media::{forward, send_keyframe_requests, StreamRef};
 use super::media::{Producer, Source};
 use super::{Note, Output, Worker};
 use crate::discovery::directory::DirectoryEvent;
+use crate::discovery::routing::{parent_in_view, RoutingMode};
 use crate::ids::{NodeId, PeerId, ProducerId, RoomId};
 use crate::metrics::{Direction, Kind, PipeFeedback};
 use crate::pipe::link::{
@@ -51,8 +55,21 @@ pub(super) struct Pipes {
     inbound: HashMap<(NodeId, u64), (RoomId, ProducerId, usize)>,
     /// Far side: pipe producer -> its room and origin node.
     remote: HashMap<ProducerId, (RoomId, NodeId)>,
-    /// Origin side: stream id -> the local producer encoding it carries.
+    /// Origin side: stream id -> the producer encoding it carries (a local producer, or a
+    /// pipe producer this node relays).
     outbound: HashMap<u64, (RoomId, ProducerId, usize)>,
+    /// Relay: pipe producer -> the downstream nodes subscribed to it here; each holds the
+    /// upstream subscription as a consumer would.
+    relayed: HashMap<ProducerId, HashSet<NodeId>>,
+    /// Relay: Subscribes waiting for the upstream subscription's answer (node, request id).
+    pending: HashMap<ProducerId, Vec<(NodeId, u64)>>,
+    /// Far side: the origin of each pipe producer (the directory's node), which may differ
+    /// from the node it is piped from.
+    origins: HashMap<ProducerId, NodeId>,
+    /// The path each node's last answer gave for a producer (before that node).
+    paths: HashMap<(NodeId, ProducerId), Vec<NodeId>>,
+    /// How pipe producers choose the node they are piped from.
+    routing: RoutingMode,
     next_stream_id: u64,
     /// Earliest pipe timer, as of the last change.
     deadline: Option<Instant>,
@@ -114,6 +131,15 @@ impl Pipes {
     }
 }
 
+/// The way `p`'s stream came to this node, ending with the node it is piped from: empty for a
+/// local producer, and for a pipe producer not subscribed yet.
+pub(super) fn upstream_path(p: &Producer) -> Vec<NodeId> {
+    match &p.source {
+        Source::Pipe(pipe) => pipe.path.clone(),
+        Source::Transport(_) => Vec::new(),
+    }
+}
+
 /// A local peer as the directory announces it.
 pub(super) fn peer_info(id: &PeerId, display_name: &str, device: &Value) -> PeerInfo {
     PeerInfo {
@@ -142,6 +168,14 @@ pub(super) fn remote_peer_json(p: &PeerInfo) -> Value {
 }
 
 impl Worker {
+    /// How remote producers are piped here: from their origin ([`RoutingMode::Mesh`]) or from
+    /// their parent in the per-region tree ([`RoutingMode::Tree`], which needs a cluster
+    /// directory; without one, or without a route, a producer is piped from its origin).
+    pub fn set_routing(&mut self, now: Instant, mode: RoutingMode) {
+        self.pipes.routing = mode;
+        self.reroute(now);
+    }
+
     /// Turns this worker into a cluster member: `directory` tells it about remote peers and
     /// producers, consumers of remote producers wait at most `grace` for a broken link.
     pub fn enable_pipes(
@@ -164,6 +198,7 @@ impl Worker {
         }
         self.reoffer_remote_producers(now, node);
         self.settle(now);
+        self.reroute_if_tree(now);
     }
 
     /// The pipe link to `node` went down.
@@ -176,6 +211,8 @@ impl Worker {
         if let Some(s) = self.pipes.links.get_mut(node) {
             s.on_link_down(now);
         }
+        // Relay: the far node's subscriptions no longer hold the upstream ones.
+        self.release_relayed(now, node, None);
         // Origin side: the far node's subscriptions died with the connection.
         for room in self.rooms.values_mut() {
             for p in room.producers.values_mut() {
@@ -200,9 +237,11 @@ impl Worker {
                 .map(|p| &mut p.source)
             {
                 pipe.stream_ids.clear();
+                pipe.path.clear();
             }
         }
         self.settle(now);
+        self.reroute_if_tree(now);
     }
 
     /// The directory's view of the cluster as JSON (`null` when the directory has none, as
@@ -263,17 +302,15 @@ impl Worker {
         self.sessions.len()
     }
 
-    /// Piped producers per remote node, for operators: (node, local producers piped to it,
-    /// its producers piped here). Producers, not encodings: a simulcast producer counts once.
+    /// Piped producers per remote node, for operators: (node, producers piped to it (local or
+    /// relayed), producers piped here from it). Producers, not encodings: a simulcast producer counts once.
     /// "Here" means subscribed and answered (its streams feed a pipe producer); requested or
     /// lingering subscriptions do not count. Sorted by node.
     pub fn pipe_stream_counts(&self) -> Vec<(NodeId, usize, usize)> {
         let mut counts: std::collections::BTreeMap<NodeId, (usize, usize)> = Default::default();
         for p in self.rooms.values().flat_map(|r| r.producers.values()) {
-            if p.pipe().is_none() {
-                for node in &p.piped_to {
-                    counts.entry(node.clone()).or_default().0 += 1;
-                }
+            for node in &p.piped_to {
+                counts.entry(node.clone()).or_default().0 += 1;
             }
         }
         let inbound: HashSet<(&NodeId, &ProducerId)> = self
@@ -299,6 +336,7 @@ impl Worker {
     ) {
         self.directory.apply_registry(update);
         self.settle(now);
+        self.reroute_if_tree(now);
     }
 
     /// A control message from `node`.
@@ -309,6 +347,7 @@ impl Worker {
             self.refused("control message from a node whose link is not up");
             return;
         }
+        self.relay_downstream(node, &msg);
         match msg {
             M::RoomWatch { .. }
             | M::RoomUnwatch { .. }
@@ -323,12 +362,16 @@ impl Worker {
                 producer_id,
             } => self.origin_subscribe(now, node, request_id, &room_id, &producer_id),
             M::Unsubscribe { producer_id } => {
-                if let Some(p) = self.local_producer_mut(&producer_id) {
+                if let Some(p) = self.served_producer_mut(&producer_id) {
                     p.piped_to.retain(|n| n != node);
                     if p.piped_to.is_empty() {
                         p.pipe_buffers.clear();
                     }
                 }
+                self.release_relayed(now, node, Some(&producer_id));
+                // A parent change held back by this node's subscription may go ahead now.
+                self.settle(now);
+                self.reroute_if_tree(now);
             }
             M::KeyFrameRequest {
                 producer_id,
@@ -340,7 +383,7 @@ impl Worker {
                 let Some(room) = self.rooms.values_mut().find(|r| {
                     r.producers
                         .get(&producer_id)
-                        .is_some_and(|p| p.pipe().is_none() && p.piped_to.contains(node))
+                        .is_some_and(|p| p.piped_to.contains(node))
                 }) else {
                     self.refused("KeyFrameRequest for a producer not piped there");
                     return;
@@ -356,6 +399,7 @@ impl Worker {
                 stream_ids,
                 paused,
                 scores,
+                path,
                 ..
             } => self.far_subscribed(
                 now,
@@ -365,6 +409,7 @@ impl Worker {
                 stream_ids,
                 paused,
                 scores,
+                path,
             ),
             M::SubscribeFailed {
                 request_id,
@@ -456,6 +501,7 @@ impl Worker {
                 let Some(room) = rooms.get_mut(room_id) else {
                     return;
                 };
+                // Relay: `forward` pipes it on once to every node subscribed here.
                 scratch.clear();
                 scratch.extend_from_slice(dg.packet);
                 forward(room, transports, outputs, counters, now, &sref, scratch);
@@ -519,8 +565,12 @@ impl Worker {
         }
     }
 
-    /// A node subscribes to a local producer: it is piped there from now on (every encoding,
-    /// one copy), and told the stream ids, parameters, pause state and scores.
+    /// A node subscribes to a producer here: it is piped there from now on (every encoding,
+    /// one copy), and told the stream ids, parameters, pause state, scores and the path the
+    /// stream took here. A local producer is answered at once; a pipe producer is relayed: the
+    /// requester holds this node's own subscription to it (as a local consumer would), and is
+    /// answered once that subscription is (its path known). A requester already on the path
+    /// is refused: piping to it would close a loop.
     fn origin_subscribe(
         &mut self,
         now: Instant,
@@ -532,8 +582,61 @@ impl Worker {
         let producer = self
             .rooms
             .get_mut(room_id)
-            .and_then(|r| r.producers.get_mut(producer_id))
-            .filter(|p| p.pipe().is_none());
+            .and_then(|r| r.producers.get_mut(producer_id));
+        // Relay: a pipe producer is served from its own subscription, held for the requester;
+        // until that one is answered (its path known), the request waits.
+        let relayed_from = producer
+            .as_ref()
+            .and_then(|p| p.pipe())
+            .map(|s| s.node.clone());
+        let path = producer
+            .as_ref()
+            .map(|p| upstream_path(p))
+            .unwrap_or_default();
+        if let Some(upstream) = relayed_from.filter(|_| !path.contains(node)) {
+            let subscribed = !path.is_empty();
+            if &upstream != node
+                && self
+                    .pipes
+                    .relayed
+                    .entry(producer_id.clone())
+                    .or_default()
+                    .insert(node.clone())
+            {
+                let link = self.pipes.link(now, &upstream);
+                if let Err(e) = link.add_consumer(now, producer_id) {
+                    tracing::warn!(%node, producer = %producer_id, error = %e, "cannot relay");
+                }
+            }
+            if !subscribed {
+                let waiting = self.pipes.pending.entry(producer_id.clone()).or_default();
+                waiting.retain(|(n, _)| n != node);
+                waiting.push((node.clone(), request_id));
+                return;
+            }
+        }
+        let producer = self
+            .rooms
+            .get_mut(room_id)
+            .and_then(|r| r.producers.get_mut(producer_id));
+        let upstream = producer
+            .as_ref()
+            .map(|p| upstream_path(p))
+            .unwrap_or_default();
+        if upstream.contains(node) {
+            // The requester is already on the stream's way here: serving it would close a
+            // loop.
+            self.refused("Subscribe that would close a loop");
+            self.outputs.push_back(Output::PipeControl {
+                node: node.clone(),
+                msg: ControlMessage::SubscribeFailed {
+                    request_id,
+                    producer_id: producer_id.clone(),
+                    reason: format!("{node} is already on the path of {producer_id}"),
+                },
+            });
+            return;
+        }
         let Some(p) = producer else {
             self.refused("Subscribe to an unknown producer");
             self.outputs.push_back(Output::PipeControl {
@@ -581,6 +684,7 @@ impl Worker {
                 rtp_parameters: p.consumable.clone(),
                 paused: p.paused,
                 scores: p.scores(now),
+                path: upstream,
             },
         });
     }
@@ -596,6 +700,7 @@ impl Worker {
         stream_ids: Vec<u64>,
         paused: bool,
         scores: Vec<u8>,
+        path: Vec<NodeId>,
     ) {
         let request = RequestId(request_id);
         let room_id = self.remote_room(producer_id, node);
@@ -616,7 +721,28 @@ impl Worker {
             let _ = subs.on_subscribed(now, request, producer_id, Vec::new());
             return;
         };
+        // The stream's way here: the sender's path, then the sender. A sender already on its
+        // own path announces a loop.
+        let looped = path.contains(node);
+        let mut path = path;
+        path.push(node.clone());
         let ids32 = match ids32 {
+            Some(_) if looped => {
+                self.counters
+                    .pipe_control_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                let reason = format!("path {path:?} repeats {node}");
+                tracing::warn!(%node, producer = %producer_id, %reason, "Subscribed refused");
+                if subs.on_subscribe_failed(now, request, reason).is_ok() {
+                    self.outputs.push_back(Output::PipeControl {
+                        node: node.clone(),
+                        msg: ControlMessage::Unsubscribe {
+                            producer_id: producer_id.clone(),
+                        },
+                    });
+                }
+                return;
+            }
             Some(ids) if ids.len() == n && distinct.len() == n => ids,
             _ => {
                 // A broken answer: the subscription fails (its consumers close) and the origin
@@ -656,6 +782,10 @@ impl Worker {
             if let Source::Pipe(pipe) = &mut p.source {
                 pipe.stream_ids = stream_ids;
                 pipe.scores = scores.into_iter().take(n).map(|s| s.min(10)).collect();
+                self.pipes
+                    .paths
+                    .insert((node.clone(), producer_id.clone()), path.clone());
+                pipe.path = path;
             }
             // Consumers resumed before the streams were set up could not ask for a keyframe
             // (nothing is sent, nothing throttled, while unsubscribed): ask now, so video
@@ -673,6 +803,10 @@ impl Worker {
             &mut self.outputs,
             &mut self.transports,
         );
+        // Relay: the path is known now; answer the nodes that asked meanwhile.
+        for (to, req) in self.pipes.pending.remove(producer_id).unwrap_or_default() {
+            self.origin_subscribe(now, &to, req, &room_id, producer_id);
+        }
     }
 
     /// Sets a pipe producer's origin pause and/or link pause (see
@@ -718,11 +852,169 @@ impl Worker {
         self.rooms.get_mut(&room)?.producers.get_mut(producer_id)
     }
 
-    fn local_producer_mut(&mut self, producer_id: &ProducerId) -> Option<&mut Producer> {
+    /// The node to pipe `producer` (of `origin`, in `room`) from: its parent in the routing
+    /// plan of the directory's view, else the origin.
+    fn upstream_for(&self, room: &RoomId, producer: &ProducerId, origin: &NodeId) -> NodeId {
+        self.directory
+            .cluster_view()
+            .and_then(|v| parent_in_view(&v, self.pipes.routing, room, producer, origin))
+            .unwrap_or_else(|| origin.clone())
+    }
+
+    /// Moves every pipe producer whose parent changed (a relay left, drained or died, a
+    /// better one came, the mode changed) to its new parent: the old subscription is
+    /// released (it lingers, then ends) and the same consumers hold a new one. A parent that
+    /// pipes the producer from here is not taken (views disagree for a moment; the loop is
+    /// avoided until they agree).
+    pub(super) fn reroute(&mut self, now: Instant) {
+        let view = self.directory.cluster_view();
+        let mut moves = Vec::new();
+        for (pid, (room, via)) in &self.pipes.remote {
+            let origin = self.pipes.origins.get(pid).unwrap_or(via);
+            let new = view
+                .as_ref()
+                .and_then(|v| parent_in_view(v, self.pipes.routing, room, pid, origin))
+                .unwrap_or_else(|| origin.clone());
+            let downstream = self
+                .pipes
+                .relayed
+                .get(pid)
+                .is_some_and(|s| s.contains(&new));
+            if &new != via && !downstream {
+                moves.push((pid.clone(), room.clone(), via.clone(), new));
+            }
+        }
+        for (pid, room_id, old, new) in moves {
+            tracing::info!(producer = %pid, from = %old, to = %new, "re-routing a piped producer");
+            let Some(p) = self
+                .rooms
+                .get_mut(&room_id)
+                .and_then(|r| r.producers.get_mut(&pid))
+            else {
+                continue;
+            };
+            let held = p.consumers.len() + self.pipes.relayed.get(&pid).map_or(0, |s| s.len());
+            if let Source::Pipe(pipe) = &mut p.source {
+                pipe.node = new.clone();
+                pipe.stream_ids.clear();
+                pipe.path.clear();
+            }
+            self.pipes
+                .inbound
+                .retain(|(n, _), (_, q, _)| !(n == &old && *q == pid));
+            self.pipes
+                .remote
+                .insert(pid.clone(), (room_id.clone(), new.clone()));
+            // The old subscription ends now (no linger: the new parent takes over), so a node
+            // waiting to take this one's place upstream is not held back.
+            if let Some(s) = self.pipes.links.get_mut(&old) {
+                let subscribed = s.state(pid.as_str()).is_some();
+                for _ in 0..held {
+                    let _ = s.remove_consumer(now, &pid);
+                }
+                s.on_producer_closed(now, &pid);
+                if subscribed {
+                    self.outputs.push_back(Output::PipeControl {
+                        node: old.clone(),
+                        msg: ControlMessage::Unsubscribe {
+                            producer_id: pid.clone(),
+                        },
+                    });
+                }
+            }
+            let link = self.pipes.link(now, &new);
+            for _ in 0..held {
+                if let Err(e) = link.add_consumer(now, &pid) {
+                    tracing::warn!(node = %new, producer = %pid, error = %e, "cannot re-route");
+                }
+            }
+            if let Some(SubState::Active { stream_ids }) = link.state(pid.as_str()).cloned() {
+                self.restore_streams(&new, &pid, &stream_ids);
+            }
+            // Consumers paused for the old parent's broken link are the new subscription's
+            // now, which starts unpaused (it pauses them again if its link breaks).
+            if held > 0 {
+                self.remote_pause(now, &new, &pid, None, Some(false));
+            }
+        }
+        self.settle(now);
+    }
+
+    /// [`Self::reroute`] after what can change a parent: the registry (nodes, their state,
+    /// room hosts), a link going up or down, a node given up on. Not on every settle: the
+    /// directory's view is built for it.
+    fn reroute_if_tree(&mut self, now: Instant) {
+        if self.pipes.routing == RoutingMode::Tree && !self.pipes.remote.is_empty() {
+            self.reroute(now);
+        }
+    }
+
+    /// Any producer this node can pipe on: a local one, or a pipe producer it relays.
+    fn served_producer_mut(&mut self, producer_id: &ProducerId) -> Option<&mut Producer> {
         self.rooms
             .values_mut()
             .find_map(|r| r.producers.get_mut(producer_id))
-            .filter(|p| p.pipe().is_none())
+    }
+
+    /// Relay: `node` no longer takes `producer` (every producer with `None`): it stops holding
+    /// the upstream subscription, and its waiting Subscribes are dropped.
+    fn release_relayed(&mut self, now: Instant, node: &NodeId, producer: Option<&ProducerId>) {
+        let ids: Vec<ProducerId> = match producer {
+            Some(p) => vec![p.clone()],
+            None => self.pipes.relayed.keys().cloned().collect(),
+        };
+        for id in ids {
+            if let Some(w) = self.pipes.pending.get_mut(&id) {
+                w.retain(|(n, _)| n != node);
+                if w.is_empty() {
+                    self.pipes.pending.remove(&id);
+                }
+            }
+            let Some(set) = self.pipes.relayed.get_mut(&id) else {
+                continue;
+            };
+            if !set.remove(node) {
+                continue;
+            }
+            if set.is_empty() {
+                self.pipes.relayed.remove(&id);
+            }
+            let upstream = self.pipes.remote.get(&id).map(|(_, n)| n.clone());
+            if let Some(s) = upstream.and_then(|n| self.pipes.links.get_mut(&n)) {
+                match s.remove_consumer(now, &id) {
+                    Ok(()) | Err(SubError::NoConsumer(_)) => {}
+                    Err(e) => tracing::debug!(%node, producer = %id, error = %e, "relay release"),
+                }
+            }
+        }
+    }
+
+    /// Relay: what the upstream `node` says about a producer this node relays goes on to the
+    /// nodes it is piped to (pause state, scores, its end).
+    fn relay_downstream(&mut self, node: &NodeId, msg: &ControlMessage) {
+        use ControlMessage as M;
+        let producer_id = match msg {
+            M::ProducerPaused { producer_id }
+            | M::ProducerResumed { producer_id }
+            | M::ProducerScore { producer_id, .. } => producer_id,
+            _ => return,
+        };
+        let Some(room) = self.remote_room(producer_id, node) else {
+            return;
+        };
+        let Some(p) = self
+            .rooms
+            .get(&room)
+            .and_then(|r| r.producers.get(producer_id))
+        else {
+            return;
+        };
+        for to in &p.piped_to {
+            self.outputs.push_back(Output::PipeControl {
+                node: to.clone(),
+                msg: msg.clone(),
+            });
+        }
     }
 
     fn refused(&self, what: &str) {
@@ -836,6 +1128,7 @@ impl Worker {
         }
         // Producers of gone nodes close first, so their subscriptions end quietly.
         self.settle(now);
+        self.reroute_if_tree(now);
         for s in self.pipes.links.values_mut() {
             s.handle_timeout(now);
         }
@@ -880,7 +1173,37 @@ impl Worker {
             } => self
                 .directory
                 .local_producer_paused(&room, &peer, &producer, paused),
-            Note::PipeProducerClosed { node, producer } => {
+            Note::PipeProducerClosed {
+                node,
+                producer,
+                piped_to,
+                stream_ids,
+            } => {
+                // Relay: the nodes it went on to hear of its end; waiting Subscribes fail.
+                for to in piped_to {
+                    self.outputs.push_back(Output::PipeControl {
+                        node: to,
+                        msg: ControlMessage::ProducerClosed {
+                            producer_id: producer.clone(),
+                        },
+                    });
+                }
+                for (to, request_id) in self.pipes.pending.remove(&producer).unwrap_or_default() {
+                    self.outputs.push_back(Output::PipeControl {
+                        node: to,
+                        msg: ControlMessage::SubscribeFailed {
+                            request_id,
+                            producer_id: producer.clone(),
+                            reason: format!("{producer} closed upstream"),
+                        },
+                    });
+                }
+                self.pipes.relayed.remove(&producer);
+                self.pipes.origins.remove(&producer);
+                self.pipes.paths.retain(|(_, p), _| *p != producer);
+                for sid in stream_ids {
+                    self.pipes.outbound.remove(&sid);
+                }
                 self.pipes.remote.remove(&producer);
                 self.pipes.inbound.retain(|_, (_, p, _)| *p != producer);
                 if let Some(s) = self.pipes.links.get_mut(&node) {
@@ -938,6 +1261,7 @@ impl Worker {
                     .map(|p| &mut p.source)
                 {
                     pipe.stream_ids.clear();
+                    pipe.path.clear();
                 }
                 self.outputs.push_back(Output::PipeControl {
                     node: node.clone(),
@@ -1101,6 +1425,12 @@ impl Worker {
             return;
         }
         let app_data: Value = serde_json::from_str(&info.app_data).unwrap_or(json!({}));
+        let origin = node;
+        let via = self.upstream_for(room_id, &info.producer_id, origin);
+        let node = &via;
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
         let p = match Producer::new_pipe(
             now,
             info.producer_id.clone(),
@@ -1123,6 +1453,7 @@ impl Worker {
         self.pipes
             .remote
             .insert(id.clone(), (room_id.clone(), node.clone()));
+        self.pipes.origins.insert(id.clone(), origin.clone());
         let peers: Vec<PeerId> = room
             .peers
             .values()
@@ -1161,6 +1492,9 @@ impl Worker {
             return;
         }
         pipe.stream_ids = stream_ids.iter().map(|&s| u64::from(s)).collect();
+        if let Some(path) = self.pipes.paths.get(&(node.clone(), producer_id.clone())) {
+            pipe.path = path.clone();
+        }
         for (i, sid) in pipe.stream_ids.iter().enumerate() {
             self.pipes.inbound.insert(
                 (node.clone(), *sid),

@@ -89,6 +89,9 @@ pub struct ProducerReport {
     pub via: Option<NodeId>,
     /// Nodes this node pipes it to, sorted.
     pub piped_to: Vec<NodeId>,
+    /// The way its stream takes to this node, origin first and this node last: just this node
+    /// for a local producer; empty for a remote one whose stream is not piped here (yet).
+    pub path: Vec<NodeId>,
     /// Its encodings as received here, lowest spatial layer first.
     pub layers: Vec<LayerReport>,
     /// Its local consumers, by peer then id.
@@ -214,7 +217,13 @@ impl Worker {
                         (false, Some(via), origin)
                     }
                 };
-                Some(producer_report(now, p, consumers, local, via, origin))
+                let mut path = super::pipe::upstream_path(p);
+                if local || !path.is_empty() {
+                    path.push(this_node.clone());
+                }
+                let mut r = producer_report(now, p, consumers, local, via, origin);
+                r.path = path;
+                Some(r)
             })
             .collect();
         producers.sort_by(|a, b| {
@@ -281,6 +290,7 @@ fn producer_report(
         local,
         via,
         piped_to,
+        path: Vec::new(),
         layers,
         consumers: cons,
     }

@@ -368,6 +368,8 @@ impl Room {
             Source::Pipe(pipe) => outputs.note(Note::PipeProducerClosed {
                 node: pipe.node.clone(),
                 producer: id.clone(),
+                piped_to: p.piped_to.clone(),
+                stream_ids: p.pipe_stream_ids.clone(),
             }),
         }
         for c in p.consumers {

@@ -482,6 +482,12 @@ pub enum ControlMessage {
         paused: bool,
         /// Current score of each encoding (0-10), as in [`ControlMessage::ProducerScore`].
         scores: Vec<u8>,
+        /// The nodes the stream passed through before the sender, origin first: empty when
+        /// the sender is the origin (and from builds that did not send it), `[origin, …]` when
+        /// the sender relays a stream piped to it. The receiver records `path + [sender]`, so
+        /// every piped stream knows its way from the origin.
+        #[serde(default)]
+        path: Vec<NodeId>,
     },
     /// Origin to far node: the subscription cannot be served.
     SubscribeFailed {

@@ -248,7 +248,6 @@ fn peer(name: &str) -> PeerInfo {
 /// One message of every type.
 fn samples() -> Vec<ControlMessage> {
     use ControlMessage::*;
-    let p = || ProducerId::from("producer-1");
     let r = || RoomId::from("room-1");
     vec![
         Hello(super::Hello {
@@ -281,6 +280,7 @@ fn samples() -> Vec<ControlMessage> {
             rtp_parameters: rtp_parameters(),
             paused: true,
             scores: vec![10, 9, 0],
+            path: vec![NodeId::from("n1"), NodeId::from("n3")],
         },
         SubscribeFailed {
             request_id: u64::MAX,
@@ -699,4 +699,67 @@ fn check_hello_decisions() {
     let msg = ControlMessage::from(refusal.clone());
     assert_eq!(decode_control_body(&frame(&msg)[4..]), Ok(msg));
     assert!(refusal.to_string().starts_with("WrongNodeId"));
+}
+
+/// `Subscribed` as builds before relaying wrote it (no `path`).
+#[derive(Serialize)]
+enum Before {
+    Subscribed {
+        request_id: u64,
+        producer_id: ProducerId,
+        stream_ids: Vec<u64>,
+        kind: MediaKind,
+        rtp_parameters: RtpParameters,
+        paused: bool,
+        scores: Vec<u8>,
+    },
+}
+
+#[test]
+fn subscribed_without_a_path_decodes_as_from_the_origin() {
+    let mut body = Vec::new();
+    rmp_serde::encode::write_named(
+        &mut body,
+        &Before::Subscribed {
+            request_id: 3,
+            producer_id: p(),
+            stream_ids: vec![5],
+            kind: MediaKind::Audio,
+            rtp_parameters: RtpParameters::default(),
+            paused: false,
+            scores: vec![10],
+        },
+    )
+    .expect("encodes");
+    assert_eq!(
+        decode_control_body(&body),
+        Ok(ControlMessage::Subscribed {
+            request_id: 3,
+            producer_id: p(),
+            stream_ids: vec![5],
+            kind: MediaKind::Audio,
+            rtp_parameters: RtpParameters::default(),
+            paused: false,
+            scores: vec![10],
+            path: Vec::new(),
+        })
+    );
+    // And a path survives the round trip.
+    let msg = ControlMessage::Subscribed {
+        request_id: 3,
+        producer_id: p(),
+        stream_ids: vec![5],
+        kind: MediaKind::Audio,
+        rtp_parameters: RtpParameters::default(),
+        paused: false,
+        scores: vec![10],
+        path: vec![NodeId::from("n1"), NodeId::from("n3")],
+    };
+    let mut out = Vec::new();
+    encode_control(&msg, &mut out).expect("encodes");
+    assert_eq!(decode_control_body(&out[4..]), Ok(msg));
+}
+
+fn p() -> ProducerId {
+    ProducerId::from("producer-1")
 }

@@ -42,6 +42,9 @@ pub struct PipeSource {
     pub stream_ids: Vec<u64>,
     /// Scores of each encoding as the origin measures them.
     pub scores: Vec<u8>,
+    /// The way the stream came, origin first, ending with the node it is piped from (as the
+    /// `Subscribed` answer told it); empty until subscribed.
+    pub path: Vec<NodeId>,
 }
 
 /// A producer: media a client sends.
@@ -278,6 +281,7 @@ impl Producer {
                 node,
                 stream_ids: Vec::new(),
                 scores: Vec::new(),
+                path: Vec::new(),
             }),
             link_paused: false,
             piped_to: Vec::new(),

@@ -1530,6 +1530,7 @@ fn bad_control_messages_are_refused_and_change_nothing() {
             rtp_parameters: Default::default(),
             paused: true,
             scores: vec![10, 10],
+            path: Vec::new(),
         },
     );
     // Answers to nothing, and messages about producers that do not exist.
@@ -1697,6 +1698,7 @@ fn refused_subscribed_answer_stops_the_origin_piping() {
             rtp_parameters,
             paused,
             scores,
+            path,
         } if from == A => {
             stream_ids.push(77);
             Some(ControlMessage::Subscribed {
@@ -1707,6 +1709,7 @@ fn refused_subscribed_answer_stops_the_origin_piping() {
                 rtp_parameters,
                 paused,
                 scores,
+                path,
             })
         }
         m => Some(m),
@@ -1726,6 +1729,53 @@ fn refused_subscribed_answer_stops_the_origin_piping() {
         rtp_datagrams(&cl.dgrams[A]).is_empty(),
         "the origin still pipes to b ({} unknown-stream datagrams there)",
         cl.counters(B).pipe_unknown_stream.load(Relaxed)
+    );
+}
+
+#[test]
+fn subscribed_whose_path_already_holds_the_sender_is_refused_as_a_loop() {
+    let mut cl = Cluster::new();
+    let mut alice = cl.client(A, "alice", true, 5000, 10);
+    let bob = cl.client(B, "bob", false, 6000, 50);
+    cl.reset();
+    let a = cl.ids[A].clone();
+    // The answer claims the stream already passed through its sender.
+    cl.tamper = Some(Box::new(move |from, msg| match msg {
+        ControlMessage::Subscribed {
+            request_id,
+            producer_id,
+            stream_ids,
+            kind,
+            rtp_parameters,
+            paused,
+            scores,
+            ..
+        } if from == A => Some(ControlMessage::Subscribed {
+            request_id,
+            producer_id,
+            stream_ids,
+            kind,
+            rtp_parameters,
+            paused,
+            scores,
+            path: vec![a.clone()],
+        }),
+        m => Some(m),
+    }));
+    cl.produce(&alice, "audio", OPUS, json!({}));
+    let out = cl.take(B);
+    let offer = one_offer(&out, &bob);
+    assert_eq!(cl.counters(B).pipe_control_refused.load(Relaxed), 1);
+    assert_eq!(
+        signals_for(&out, bob.session),
+        vec![("consumerClosed", json!({"consumerId": offer.id.as_str()}))],
+        "a looped stream is not consumed"
+    );
+    cl.reset();
+    cl.send_rtp(&mut alice, &rtp(OPUS_PT, 1, 960, OPUS_SSRC, b"x"));
+    assert!(
+        rtp_datagrams(&cl.dgrams[A]).is_empty(),
+        "the origin was told to stop piping"
     );
 }
 
@@ -1752,6 +1802,7 @@ fn subscribed_with_stream_ids_beyond_u32_is_refused() {
             rtp_parameters,
             paused,
             scores,
+            path: Vec::new(),
         }),
         m => Some(m),
     }));
@@ -1775,4 +1826,6 @@ fn subscribed_with_stream_ids_beyond_u32_is_refused() {
     );
 }
 
+mod relay;
+mod routing;
 mod report;

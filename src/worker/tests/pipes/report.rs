@@ -75,6 +75,7 @@ fn origin_lists_its_local_producer_with_the_nodes_it_is_piped_to() {
     assert_eq!(pr.kind, "audio");
     assert!(pr.local && !pr.paused);
     assert_eq!(pr.via, None);
+    assert_eq!(pr.path, vec![NodeId::from("node-a")]);
     assert_eq!(pr.piped_to, vec![NodeId::from("node-b")]);
     // Dave has not accepted his consumer yet: paused, and not simulcast (no layers).
     assert_eq!(pr.consumers.len(), 1);
@@ -129,6 +130,11 @@ fn far_node_lists_the_piped_producer_via_the_node_its_pipe_comes_from() {
     assert_eq!(pr.peer_id.as_str(), "alice");
     assert_eq!(pr.origin_node_id.as_str(), "node-a");
     assert_eq!(pr.via, Some(NodeId::from("node-a")));
+    // The stream's way here, as the origin's answer told it.
+    assert_eq!(
+        pr.path,
+        vec![NodeId::from("node-a"), NodeId::from("node-b")]
+    );
     assert!(!pr.local && !pr.paused);
     assert_eq!(pr.kind, "video");
     assert!(pr.piped_to.is_empty());
