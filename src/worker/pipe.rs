@@ -727,32 +727,20 @@ impl Worker {
         let mut path = path;
         path.push(node.clone());
         let ids32 = match ids32 {
-            Some(_) if looped => {
+            Some(ids) if !looped && ids.len() == n && distinct.len() == n => ids,
+            ids32 => {
+                // A looped or broken answer: the subscription fails (its consumers close) and
+                // the sender is told to stop sending what nobody here can use.
                 self.counters
                     .pipe_control_refused
                     .fetch_add(1, Ordering::Relaxed);
-                let reason = format!("path {path:?} repeats {node}");
-                tracing::warn!(%node, producer = %producer_id, %reason, "Subscribed refused");
-                if subs.on_subscribe_failed(now, request, reason).is_ok() {
-                    self.outputs.push_back(Output::PipeControl {
-                        node: node.clone(),
-                        msg: ControlMessage::Unsubscribe {
-                            producer_id: producer_id.clone(),
-                        },
-                    });
-                }
-                return;
-            }
-            Some(ids) if ids.len() == n && distinct.len() == n => ids,
-            _ => {
-                // A broken answer: the subscription fails (its consumers close) and the origin
-                // is told to stop sending what nobody here can read.
-                self.counters
-                    .pipe_control_refused
-                    .fetch_add(1, Ordering::Relaxed);
-                let reason = format!(
-                    "origin sent stream ids {stream_ids:?} for {n} encodings (distinct, below 2^32 expected)"
-                );
+                let reason = if looped && ids32.is_some() {
+                    format!("path {path:?} repeats {node}")
+                } else {
+                    format!(
+                        "origin sent stream ids {stream_ids:?} for {n} encodings (distinct, below 2^32 expected)"
+                    )
+                };
                 tracing::warn!(%node, producer = %producer_id, %reason, "Subscribed refused");
                 if subs.on_subscribe_failed(now, request, reason).is_ok() {
                     self.outputs.push_back(Output::PipeControl {
