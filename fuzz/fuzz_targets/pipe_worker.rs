@@ -66,7 +66,9 @@ fn setup(now: Instant, node: &NodeId) -> Worker {
         json!({"displayName": "B", "device": {}, "rtpCapabilities": caps}),
     );
     // ICE and DTLS done: the consumer transport can send.
-    let ufrag = t["iceParameters"]["usernameFragment"].as_str().expect("ufrag");
+    let ufrag = t["iceParameters"]["usernameFragment"]
+        .as_str()
+        .expect("ufrag");
     let pwd = t["iceParameters"]["password"].as_str().expect("pwd");
     let mut check = Vec::new();
     stun::write_binding_request(

@@ -4,7 +4,9 @@ use libfuzzer_sys::fuzz_target;
 use pipemesh::signaling::protoo::{ClientRequest, Message};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(msg) = Message::parse(text) {
         let _ = msg.to_text();
         if let Message::Request { method, data, .. } = msg {

@@ -678,7 +678,8 @@ mod tests {
                 sent += 1;
                 // Drop one packet in 50 (never a frame's first, to keep keyframe counts exact).
                 let p = RtpView::parse(&buf[..n]).unwrap();
-                if sent.is_multiple_of(50) && parse_vp8(p.payload()).unwrap().frame_header.is_none() {
+                if sent.is_multiple_of(50) && parse_vp8(p.payload()).unwrap().frame_header.is_none()
+                {
                     dropped_markers += u64::from(p.marker());
                     continue;
                 }

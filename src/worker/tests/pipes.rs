@@ -1827,5 +1827,5 @@ fn subscribed_with_stream_ids_beyond_u32_is_refused() {
 }
 
 mod relay;
-mod routing;
 mod report;
+mod routing;
