@@ -46,10 +46,18 @@ async fn consumer(node: &NodeProcess, room: &str, peer: &str) -> Bot {
 }
 
 async fn cluster_nodes(etcd: &Etcd, ids: &[&str]) -> Vec<NodeProcess> {
+    cluster_nodes_with(etcd, ids, &[]).await
+}
+
+/// [`cluster_nodes`] with more `serve` flags on every node.
+async fn cluster_nodes_with(etcd: &Etcd, ids: &[&str], extra: &[&str]) -> Vec<NodeProcess> {
     let ttl = format!("--etcd-lease-ttl-secs={LEASE_TTL_SECS}");
+    let args: Vec<&str> = std::iter::once(ttl.as_str())
+        .chain(extra.iter().copied())
+        .collect();
     let mut nodes: Vec<NodeProcess> = ids
         .iter()
-        .map(|id| NodeProcess::spawn(id, &etcd.endpoint(), "test", &[&ttl]))
+        .map(|id| NodeProcess::spawn(id, &etcd.endpoint(), "test", &args))
         .collect();
     for n in &mut nodes {
         n.wait_ready(Duration::from_secs(20)).await;
@@ -593,21 +601,7 @@ async fn wait_link_up(node: &NodeProcess, peer: &str, want: u64, within: Duratio
 async fn links_open_when_a_room_needs_them_and_close_when_none_does() {
     long_test(Duration::from_secs(60), async {
         let etcd = Etcd::start().await;
-        let ttl = format!("--etcd-lease-ttl-secs={LEASE_TTL_SECS}");
-        let mut nodes: Vec<NodeProcess> = ["n1", "n2"]
-            .iter()
-            .map(|id| {
-                NodeProcess::spawn(
-                    id,
-                    &etcd.endpoint(),
-                    "test",
-                    &[&ttl, "--pipe-idle-linger-secs=1"],
-                )
-            })
-            .collect();
-        for n in &mut nodes {
-            n.wait_ready(Duration::from_secs(20)).await;
-        }
+        let nodes = cluster_nodes_with(&etcd, &["n1", "n2"], &["--pipe-idle-linger-secs=1"]).await;
         // Different rooms: each node knows the other's room, and no link is opened.
         let _a = publisher(&nodes[0], "x", "a").await;
         let _b = consumer(&nodes[1], "y", "b").await;
@@ -831,21 +825,12 @@ async fn placement_prefers_region_then_room_then_load() {
 async fn drain_moves_placement_away_while_sessions_keep_their_media() {
     long_test(Duration::from_secs(90), async {
         let etcd = Etcd::start().await;
-        let ttl = format!("--etcd-lease-ttl-secs={LEASE_TTL_SECS}");
-        let mut nodes: Vec<NodeProcess> = ["n1", "n2"]
-            .iter()
-            .map(|id| {
-                NodeProcess::spawn(
-                    id,
-                    &etcd.endpoint(),
-                    "test",
-                    &[&ttl, "--region=eu", "--drain-deadline-secs=2"],
-                )
-            })
-            .collect();
-        for n in &mut nodes {
-            n.wait_ready(Duration::from_secs(20)).await;
-        }
+        let mut nodes = cluster_nodes_with(
+            &etcd,
+            &["n1", "n2"],
+            &["--region=eu", "--drain-deadline-secs=2"],
+        )
+        .await;
         let _p = publisher(&nodes[1], "r", "pub").await;
         let mut c = consumer(&nodes[0], "r", "c").await;
         wait_media(&mut c, 2, 20).await;
