@@ -7,14 +7,18 @@
 #                                   every node is ready and `pipemesh nodes` lists nine
 #   simulations/cluster.sh down     stop the nodes and etcd, then netns.sh down
 #   simulations/cluster.sh nodes    `pipemesh nodes` (extra arguments are passed on)
+#   simulations/cluster.sh cli CMD ARGS...   any cluster command of `pipemesh` (rooms,
+#                                   topology, drain, ...) with the cluster's etcd and token
+#   simulations/cluster.sh kill NODE    SIGKILL one node (eu1 ... ap3), as a crash would
 #   simulations/cluster.sh bot REGION K ARGS...   a `pipemesh bot` in REGION's namespace
 #                                   against node REGIONK's signaling, e.g. bot eu 1 --room r
 #                                   (over loopback: without --auth-secret-file the nodes admit
 #                                   anonymous clients from loopback only)
 #
 # Environment: as netns.sh (PM_SUFFIX, PM_RUN_DIR, PM_WAN_BIN), plus PIPEMESH_BIN (default
-# <cargo target dir>/debug/pipemesh, built if missing) and PM_CLUSTER_DIR (logs, pids, etcd
-# data, certificates; default /tmp/pipemesh-sim$PM_SUFFIX). Ports on each node's address:
+# <cargo target dir>/debug/pipemesh, built if missing), PM_CLUSTER_DIR (logs, pids, etcd
+# data, certificates; default /tmp/pipemesh-sim$PM_SUFFIX) and PM_ROUTING (`tree` or `mesh`:
+# the nodes' --routing; default: the nodes' default, tree). Ports on each node's address:
 # media 40000 (UDP and TCP), pipe 7000 (QUIC), admin 9090; signaling 444K for node K of a
 # region, on 0.0.0.0 (published as ws://10.77.N.1K:444K) so bots can use loopback.
 set -euo pipefail
@@ -77,10 +81,15 @@ wait_for() {
   return 1
 }
 
-nodes() {
-  ip netns exec "pm-eu$S" "$(pm_bin)" nodes --etcd-endpoints "$ETCD" --cluster "$CLUSTER" \
+# cli CMD ARGS: a cluster command of `pipemesh`, run in pm-eu.
+cli() {
+  local cmd=$1
+  shift
+  ip netns exec "pm-eu$S" "$(pm_bin)" "$cmd" --etcd-endpoints "$ETCD" --cluster "$CLUSTER" \
     --admin-token-file "$DIR/admin-token" "$@"
 }
+
+nodes() { cli nodes "$@"; }
 
 up() {
   command -v etcd >/dev/null || { log "needs etcd (Debian: etcd-server)"; exit 1; }
@@ -97,7 +106,12 @@ up() {
     --initial-cluster sim=http://10.77.0.1:2380 >"$DIR/etcd.log" 2>&1 </dev/null &
   echo $! >"$DIR/pids/etcd"
   wait_for "pm-wan$S" "$ETCD/health" etcd
-  local ids=() i r n k id ip
+  local ids=() i r n k id ip routing=()
+  case "${PM_ROUTING:-}" in
+    '') ;;
+    tree | mesh) routing=(--routing "$PM_ROUTING") ;;
+    *) log "PM_ROUTING must be tree or mesh, not $PM_ROUTING"; false ;;
+  esac
   for r in "${REGIONS[@]}"; do for k in 1 2 3; do ids+=("$r$k"); done; done
   "$bin" certs --out "$DIR/pki" --cluster "$CLUSTER" "${ids[@]}" >/dev/null
   head -c 24 /dev/urandom | base64 >"$DIR/admin-token"
@@ -113,7 +127,7 @@ up() {
         --rtc-listen "$ip:40000" --announced-address "$ip" \
         --admin-listen "$ip:9090" --pipe-listen "$ip:7000" \
         --admin-token-file "$DIR/admin-token" --cluster-ca "$DIR/pki/ca.pem" \
-        --node-cert "$DIR/pki/$id.pem" --node-key "$DIR/pki/$id.key" \
+        --node-cert "$DIR/pki/$id.pem" --node-key "$DIR/pki/$id.key" "${routing[@]}" \
         >"$DIR/$id.log" 2>&1 </dev/null &
       echo $! >"$DIR/pids/$id"
     done
@@ -149,6 +163,16 @@ case "${1:-}" in
     shift
     nodes "$@"
     ;;
+  cli)
+    shift
+    cli "$@"
+    ;;
+  kill)
+    node=${2:?node id}
+    [ -f "$DIR/pids/$node" ] || { log "no running node $node"; exit 1; }
+    kill -9 "$(cat "$DIR/pids/$node")"
+    rm -f "$DIR/pids/$node"
+    ;;
   bot)
     shift
     region=${1:?region}
@@ -164,7 +188,7 @@ case "${1:-}" in
     exit 2
     ;;
   *)
-    sed -n '2,17p' "$0" >&2
+    sed -n '2,24p' "$0" >&2
     exit 2
     ;;
 esac

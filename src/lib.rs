@@ -37,6 +37,7 @@ pub mod pipe;
 pub mod procfs;
 pub mod router;
 pub mod signaling;
+pub mod sim;
 pub mod timing;
 pub mod wan;
 pub mod worker;

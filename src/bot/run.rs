@@ -53,6 +53,11 @@ pub struct BotArgs {
     /// token (both grants, valid for the run plus an hour), for nodes that require tokens.
     #[arg(long, env = "PIPEMESH_AUTH_SECRET_FILE", value_name = "FILE")]
     pub auth_secret_file: Option<std::path::PathBuf>,
+    /// Also write the final statistics as JSON to this file: per bot its join times and per
+    /// received stream counters, first packet and keyframe, latency percentiles and long gaps
+    /// (times in wall-clock ms since the UNIX epoch). Written when the run ends.
+    #[arg(long, value_name = "FILE")]
+    pub json_out: Option<std::path::PathBuf>,
 }
 
 /// The room token of bot `peer`: `--token` as given, or minted with the cluster secret when
@@ -154,7 +159,9 @@ pub async fn run(args: BotArgs) -> Result<Summary, BotError> {
     }
     let (audio, video) = parse_produce(&args.produce)?;
     let mut bots = Vec::with_capacity(args.count);
+    let mut joins = Vec::with_capacity(args.count);
     for peer in peer_ids(args.peer_id.as_deref(), args.count) {
+        let join_start_ms = unix_ms();
         let mut o = BotOptions::new(&args.server, &args.room, &peer);
         o.audio = audio;
         o.video = video;
@@ -162,7 +169,9 @@ pub async fn run(args: BotArgs) -> Result<Summary, BotError> {
         o.tcp = args.tcp;
         o.token = bot_token(&args, &peer)?;
         bots.push(Bot::join(o).await?);
+        joins.push((join_start_ms, unix_ms()));
     }
+    println!("joined bots={}", bots.len());
     let start = Instant::now();
     let end = start + Duration::from_secs(args.duration);
     let interval = Duration::from_secs(args.report_interval);
@@ -175,13 +184,37 @@ pub async fn run(args: BotArgs) -> Result<Summary, BotError> {
     tokio::time::sleep_until(end.into()).await;
 
     let now = Instant::now();
+    let wall_now = unix_ms();
     let mut all: Vec<RecvStats> = Vec::new();
     let mut rtp_sent = 0;
-    for b in &bots {
-        if let Ok(s) = b.stats().await {
-            all.extend(s.into_iter().map(|s| s.stats));
-        }
-        rtp_sent += b.send_transport().map_or(0, |t| t.state().rtp_sent);
+    let mut reports = Vec::with_capacity(bots.len());
+    for (b, (join_start_ms, joined_ms)) in bots.iter().zip(joins) {
+        let sent = b.send_transport().map_or(0, |t| t.state().rtp_sent);
+        let streams = b.stats().await.unwrap_or_default();
+        reports.push(BotReport {
+            peer_id: b.peer_id().to_owned(),
+            join_start_ms,
+            joined_ms,
+            rtp_sent: sent,
+            streams: streams
+                .iter()
+                .map(|s| ReceivedStream {
+                    from_peer: s.consumer.peer_id.clone(),
+                    producer_id: s.consumer.producer_id.clone(),
+                    stats: s.stats.export(now, wall_now),
+                })
+                .collect(),
+        });
+        all.extend(streams.into_iter().map(|s| s.stats));
+        rtp_sent += sent;
+    }
+    if let Some(path) = &args.json_out {
+        let report = RunReport {
+            server: args.server.clone(),
+            room: args.room.clone(),
+            bots: reports,
+        };
+        write_report(path, &report)?;
     }
     let summary = Summary {
         bots: bots.len(),
@@ -193,6 +226,66 @@ pub async fn run(args: BotArgs) -> Result<Summary, BotError> {
         b.close().await;
     }
     Ok(summary)
+}
+
+/// Wall clock in milliseconds since the UNIX epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The JSON report of a run (`--json-out`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunReport {
+    /// Signaling URL the bots used.
+    pub server: String,
+    /// Their room.
+    pub room: String,
+    /// One entry per bot, in join order.
+    pub bots: Vec<BotReport>,
+}
+
+/// One bot in a [`RunReport`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BotReport {
+    /// Its peer id.
+    pub peer_id: String,
+    /// When it started joining (before the WebSocket connects), ms since the UNIX epoch.
+    pub join_start_ms: u64,
+    /// When its join completed (transports and producers created).
+    pub joined_ms: u64,
+    /// RTP packets its send transport sent.
+    pub rtp_sent: u64,
+    /// What it received, one entry per consumer.
+    pub streams: Vec<ReceivedStream>,
+}
+
+/// One consumer of a [`BotReport`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceivedStream {
+    /// The producing peer.
+    pub from_peer: String,
+    /// The producer consumed.
+    pub producer_id: String,
+    /// Its receive statistics.
+    #[serde(flatten)]
+    pub stats: super::stats::StreamExport,
+}
+
+/// Writes `report` to `path` through a temporary file, so a reader never sees half of it.
+fn write_report(path: &std::path::Path, report: &RunReport) -> Result<(), BotError> {
+    let io = |e: std::io::Error| {
+        BotError::InvalidArgument(format!("--json-out {}: {e}", path.display()))
+    };
+    let json = serde_json::to_vec_pretty(report)
+        .map_err(|e| BotError::InvalidArgument(format!("--json-out: {e}")))?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, json).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 async fn report(bots: &[Bot], start: Instant) {

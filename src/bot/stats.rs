@@ -28,6 +28,10 @@ pub const LONG_GAP: Duration = Duration::from_millis(40);
 /// How many long gaps are remembered per stream (the latest ones are kept; the list grows
 /// only when gaps happen).
 pub const MAX_LONG_GAPS: usize = 4096;
+/// Width of the arrival histogram's buckets (see [`RecvStats::export`]).
+pub const ARRIVAL_BUCKET: Duration = Duration::from_millis(100);
+/// Buckets kept at most (an hour): the histogram stops growing after that.
+pub const MAX_ARRIVAL_BUCKETS: usize = 36_000;
 /// Number of bitrate buckets: the "recent" bitrate covers `BOT_RATE_BUCKET * RATE_BUCKETS` (2 s).
 pub const RATE_BUCKETS: usize = 20;
 
@@ -91,9 +95,14 @@ pub struct RecvStats {
     /// (bucket index since first arrival, bytes).
     rate: [(u64, u64); RATE_BUCKETS],
     keyframes: u64,
+    /// Arrival of the first packet of the first VP8 keyframe.
+    first_keyframe: Option<Instant>,
     frames: u64,
     /// (arrival that ended the gap, gap length) of gaps of at least [`LONG_GAP`].
     long_gaps: std::collections::VecDeque<(Instant, Duration)>,
+    /// Packets per [`ARRIVAL_BUCKET`] since the first arrival (at most
+    /// [`MAX_ARRIVAL_BUCKETS`]).
+    arrivals: Vec<u32>,
 }
 
 impl RecvStats {
@@ -119,8 +128,10 @@ impl RecvStats {
             probes: 0,
             rate: [(0, 0); RATE_BUCKETS],
             keyframes: 0,
+            first_keyframe: None,
             frames: 0,
             long_gaps: std::collections::VecDeque::new(),
+            arrivals: Vec::new(),
         }
     }
 
@@ -164,6 +175,15 @@ impl RecvStats {
             }
         }
         self.last_arrival = Some(now);
+        let bucket = now.saturating_duration_since(first).as_nanos() / ARRIVAL_BUCKET.as_nanos();
+        if let Ok(b) = usize::try_from(bucket) {
+            if b < MAX_ARRIVAL_BUCKETS {
+                if self.arrivals.len() <= b {
+                    self.arrivals.resize(b + 1, 0);
+                }
+                self.arrivals[b] = self.arrivals[b].saturating_add(1);
+            }
+        }
         self.received += 1;
         self.bytes += pkt.len() as u64;
         self.track_seq(pkt.sequence_number());
@@ -188,6 +208,9 @@ impl RecvStats {
                 .and_then(|v| v.frame_header)
                 .is_some_and(|h| h.keyframe);
             self.keyframes += u64::from(key);
+            if key && self.first_keyframe.is_none() {
+                self.first_keyframe = Some(now);
+            }
         }
         if self.codec.is_video() && pkt.marker() {
             self.frames += 1;
@@ -286,6 +309,43 @@ impl RecvStats {
         self.probes
     }
 
+    /// The stream's statistics for a machine-readable report: every instant is turned into
+    /// wall-clock milliseconds since the UNIX epoch through the pair (`now`, `wall_now_ms`),
+    /// which the caller reads together.
+    pub fn export(&self, now: Instant, wall_now_ms: u64) -> StreamExport {
+        let wall = |t: Instant| -> u64 {
+            let ago = now.saturating_duration_since(t).as_millis();
+            wall_now_ms.saturating_sub(u64::try_from(ago).unwrap_or(u64::MAX))
+        };
+        let snap = self.snapshot(now);
+        StreamExport {
+            ssrc: self.ssrc,
+            kind: self.codec.kind().to_owned(),
+            received: snap.received,
+            expected: snap.expected,
+            lost: snap.lost,
+            bytes: snap.bytes,
+            avg_kbps: snap.avg_kbps,
+            frames: snap.frames,
+            keyframes: snap.keyframes,
+            first_packet_ms: self.first_arrival.map(wall),
+            first_keyframe_ms: self.first_keyframe.map(wall),
+            last_packet_ms: self.last_arrival.map(wall),
+            owd_p50_us: snap.owd.map(|p| p.p50),
+            owd_p95_us: snap.owd.map(|p| p.p95),
+            owd_samples: snap.owd.map_or(0, |p| p.samples),
+            long_gaps: self
+                .long_gaps
+                .iter()
+                .map(|&(end, gap)| GapExport {
+                    end_ms: wall(end),
+                    gap_ms: u64::try_from(gap.as_millis()).unwrap_or(u64::MAX),
+                })
+                .collect(),
+            arrivals_100ms: self.arrivals.clone(),
+        }
+    }
+
     /// Appends the `n` most recent one-way latency samples (µs, receiver wall clock minus the
     /// probe's), oldest first. Only the last [`OWD_WINDOW`] are kept, so fewer are appended
     /// when `n` is larger than that or than the samples taken so far.
@@ -306,6 +366,58 @@ fn kbps(bytes: u64, over: Duration) -> f64 {
     } else {
         bytes as f64 * 8.0 / over.as_secs_f64() / 1000.0
     }
+}
+
+/// One received stream in a bot's JSON report (`pipemesh bot --json-out`); times are
+/// wall-clock milliseconds since the UNIX epoch, latencies microseconds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamExport {
+    /// SSRC the node sends.
+    pub ssrc: u32,
+    /// `audio` or `video`.
+    pub kind: String,
+    /// Packets received, duplicates included.
+    pub received: u64,
+    /// Highest minus lowest extended sequence number, plus one.
+    pub expected: u64,
+    /// `expected - received` (negative when duplicates outnumber losses).
+    pub lost: i64,
+    /// RTP bytes received.
+    pub bytes: u64,
+    /// Bitrate since the first packet, kbit/s.
+    pub avg_kbps: f64,
+    /// Video frames completed (marker bits).
+    pub frames: u64,
+    /// VP8 keyframes seen.
+    pub keyframes: u64,
+    /// Arrival of the first packet.
+    pub first_packet_ms: Option<u64>,
+    /// Arrival of the first packet of the first VP8 keyframe.
+    pub first_keyframe_ms: Option<u64>,
+    /// Arrival of the last packet.
+    pub last_packet_ms: Option<u64>,
+    /// Median one-way latency over the last [`OWD_WINDOW`] probes.
+    pub owd_p50_us: Option<i64>,
+    /// 95th percentile of the same.
+    pub owd_p95_us: Option<i64>,
+    /// Samples behind the two.
+    pub owd_samples: usize,
+    /// Interarrival gaps of at least [`LONG_GAP`] (the latest [`MAX_LONG_GAPS`]).
+    pub long_gaps: Vec<GapExport>,
+    /// Packets received per [`ARRIVAL_BUCKET`] (100 ms), the first bucket starting at
+    /// `first_packet_ms`.
+    pub arrivals_100ms: Vec<u32>,
+}
+
+/// An interarrival gap in a [`StreamExport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GapExport {
+    /// Arrival of the packet that ended the gap.
+    pub end_ms: u64,
+    /// Its length.
+    pub gap_ms: u64,
 }
 
 /// Latency distribution over a window, in microseconds (negative if clocks are skewed).
@@ -572,6 +684,38 @@ mod tests {
         assert_eq!(s.longest_gap_since(t0), Some(ms(350)));
         assert_eq!(s.longest_gap_since(t0 + ms(160)), Some(ms(350)));
         assert_eq!(s.longest_gap_since(t0 + ms(510)), None);
+    }
+
+    #[test]
+    fn export_in_wall_clock_with_arrival_histogram() {
+        let t0 = Instant::now();
+        let mut s = RecvStats::new(7, Codec::Opus, 48_000);
+        // Packets at 0, 20, 40 ms, then a 500 ms outage, then 560 ms.
+        for (i, ms) in [0u64, 20, 40, 540, 560].iter().enumerate() {
+            let b = rtp(i as u16, 0, false);
+            let t = t0 + Duration::from_millis(*ms);
+            s.on_packet(t, 0, &RtpView::parse(&b).unwrap());
+        }
+        // Read at t0 + 1 s, when the wall clock said 10 000 ms.
+        let e = s.export(t0 + Duration::from_secs(1), 10_000);
+        assert_eq!(e.kind, "audio");
+        assert_eq!((e.received, e.expected, e.lost), (5, 5, 0));
+        assert_eq!(e.first_packet_ms, Some(9_000));
+        assert_eq!(e.last_packet_ms, Some(9_560));
+        assert_eq!(e.first_keyframe_ms, None);
+        assert_eq!(
+            e.long_gaps,
+            [GapExport {
+                end_ms: 9_540,
+                gap_ms: 500
+            }]
+        );
+        assert_eq!(e.arrivals_100ms, [3, 0, 0, 0, 0, 2]);
+        // The JSON round-trips with camelCase names.
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["firstPacketMs"], 9_000);
+        assert_eq!(v["arrivals100ms"][5], 2);
+        assert_eq!(serde_json::from_value::<StreamExport>(v).unwrap(), e);
     }
 
     #[test]
