@@ -34,6 +34,7 @@ pub mod ids;
 pub mod metrics;
 pub mod node;
 pub mod pipe;
+pub mod plot;
 pub mod procfs;
 pub mod router;
 pub mod signaling;
