@@ -5,12 +5,14 @@
 mod common;
 
 use common::*;
-use pipemesh::bot::run::{run, BotArgs};
+use pipemesh::bot::run::{run, BotArgs, RunReport};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_reports_received_streams() {
     bounded(async {
         let node = TestNode::start().await;
+        let json =
+            std::env::temp_dir().join(format!("pipemesh-bot-json-{}.json", std::process::id()));
         let args = BotArgs {
             server: node.url(),
             room: "run".into(),
@@ -23,7 +25,9 @@ async fn run_reports_received_streams() {
             report_interval: 1,
             token: None,
             auth_secret_file: None,
+            json_out: Some(json.clone()),
         };
+        let before_ms = unix_ms();
         let s = run(args).await.expect("bot run");
         assert_eq!(s.bots, 2);
         // Each bot consumes the other's audio and video.
@@ -32,9 +36,59 @@ async fn run_reports_received_streams() {
         assert!(s.totals.received > 100, "{s}");
         assert!(s.totals.owd.is_some(), "{s}");
         assert!(s.totals.loss_fraction() < 0.05, "{s}");
+        // The JSON report says the same per bot and stream, with wall-clock times.
+        let r: RunReport = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let _ = std::fs::remove_file(&json);
+        assert_eq!((r.room.as_str(), r.bots.len()), ("run", 2));
+        let received: u64 = r
+            .bots
+            .iter()
+            .flat_map(|b| &b.streams)
+            .map(|s| s.stats.received)
+            .sum();
+        assert_eq!(received, s.totals.received);
+        for b in &r.bots {
+            assert!(
+                b.join_start_ms >= before_ms && b.joined_ms >= b.join_start_ms,
+                "{b:?}"
+            );
+            assert_eq!(b.streams.len(), 2, "{b:?}");
+            let other = if b.peer_id == "runner-0" {
+                "runner-1"
+            } else {
+                "runner-0"
+            };
+            for st in &b.streams {
+                assert_eq!(st.from_peer, other);
+                let first = st.stats.first_packet_ms.expect("a first packet");
+                assert!(
+                    first >= b.joined_ms.min(first) && first >= before_ms,
+                    "{st:?}"
+                );
+                assert!(st.stats.last_packet_ms >= Some(first));
+                assert_eq!(
+                    st.stats
+                        .arrivals_100ms
+                        .iter()
+                        .map(|&n| u64::from(n))
+                        .sum::<u64>(),
+                    st.stats.received
+                );
+                if st.stats.kind == "video" {
+                    assert!(st.stats.first_keyframe_ms >= Some(first), "{st:?}");
+                }
+            }
+        }
         node.stop().await;
     })
     .await;
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,6 +112,7 @@ async fn bots_mint_their_tokens_with_the_cluster_secret() {
             report_interval: 1,
             token,
             auth_secret_file: secret,
+            json_out: None,
         };
         // Without a token the node refuses the bot before anything is allocated.
         let err = run(args(None, None, 1)).await.expect_err("refused");

@@ -13,7 +13,9 @@ use pipemesh::sim::scenarios::{
 };
 
 #[derive(Parser, Debug)]
-#[command(about = "Multi-region scenarios on one machine: nine nodes in three regions on an emulated WAN, bots as clients; each writes report.md, result.json and PNG plots")]
+#[command(
+    about = "Multi-region scenarios on one machine: nine nodes in three regions on an emulated WAN, bots as clients; each writes report.md, result.json and PNG plots"
+)]
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,

@@ -31,7 +31,9 @@ pub fn percentile(values: &mut [f64], p: f64) -> Option<f64> {
 /// which a later re-route upstream may have changed).
 pub fn producer_edges(room: &Value, producer_id: &str) -> BTreeSet<(String, String)> {
     let mut edges = BTreeSet::new();
-    let producers = room["producers"].as_array().map_or(&[][..], |v| v.as_slice());
+    let producers = room["producers"]
+        .as_array()
+        .map_or(&[][..], |v| v.as_slice());
     for p in producers {
         if p["producerId"] != producer_id {
             continue;
@@ -371,11 +373,17 @@ mod tests {
                 gap_ms: 2_500,
             },
         ];
-        assert_eq!(recovery_ms(&bot(vec![s.clone()]), "sp", "video", at, 2_000), Some(2_520));
+        assert_eq!(
+            recovery_ms(&bot(vec![s.clone()]), "sp", "video", at, 2_000),
+            Some(2_520)
+        );
         // Not interrupted: still receiving, no gap near the kill.
         let mut calm = s.clone();
         calm.stats.long_gaps.truncate(2);
-        assert_eq!(recovery_ms(&bot(vec![calm]), "sp", "video", at, 2_000), Some(0));
+        assert_eq!(
+            recovery_ms(&bot(vec![calm]), "sp", "video", at, 2_000),
+            Some(0)
+        );
         // The old stream died, a new consumer's stream began at 13 000.
         let mut dead = s.clone();
         dead.stats.long_gaps.clear();
@@ -388,7 +396,10 @@ mod tests {
             Some(3_000)
         );
         // Nothing after the kill.
-        assert_eq!(recovery_ms(&bot(vec![dead]), "sp", "video", at, 2_000), None);
+        assert_eq!(
+            recovery_ms(&bot(vec![dead]), "sp", "video", at, 2_000),
+            None
+        );
     }
 
     #[test]

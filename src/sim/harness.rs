@@ -102,7 +102,10 @@ impl Cluster {
             routing: routing.to_owned(),
             up: false,
         };
-        let out = c.script(&["up"]).output().context("running cluster.sh up")?;
+        let out = c
+            .script(&["up"])
+            .output()
+            .context("running cluster.sh up")?;
         // Whatever happened, `down` is due from here on.
         c.up = true;
         if !out.status.success() {
@@ -177,7 +180,9 @@ impl Cluster {
 
     /// `pipemesh rooms ROOM -o json`.
     pub fn room(&self, room: &str) -> Result<serde_json::Value> {
-        Ok(serde_json::from_str(&self.cli(&["rooms", room, "-o", "json"])?)?)
+        Ok(serde_json::from_str(
+            &self.cli(&["rooms", room, "-o", "json"])?,
+        )?)
     }
 
     /// SIGKILLs a node.

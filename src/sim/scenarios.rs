@@ -70,7 +70,10 @@ impl Wan {
             ("eu<>ap", self.eu_ap_ms),
             ("us<>ap", self.us_ap_ms),
         ] {
-            c.wan(&format!("set {link} delay_ms={d} jitter_ms={}", self.jitter_ms))?;
+            c.wan(&format!(
+                "set {link} delay_ms={d} jitter_ms={}",
+                self.jitter_ms
+            ))?;
         }
         Ok(())
     }
@@ -402,7 +405,16 @@ fn speaker_run(
         latency_minus_wan_ms: spreads(lat_wan),
         video_loss_percent: lost
             .into_iter()
-            .map(|(r, (l, e))| (r, if e == 0 { 0.0 } else { 100.0 * l as f64 / e as f64 }))
+            .map(|(r, (l, e))| {
+                (
+                    r,
+                    if e == 0 {
+                        0.0
+                    } else {
+                        100.0 * l as f64 / e as f64
+                    },
+                )
+            })
             .collect(),
         node_load,
     }
@@ -411,7 +423,11 @@ fn speaker_run(
 fn speaker_report(common: &Common, s: &SpeakerSettings, runs: &[SpeakerRun]) -> String {
     let mut md = String::new();
     let w = &common.wan;
-    let _ = writeln!(md, "# Scenario 1: one speaker, {} listeners in three regions\n", common.listeners);
+    let _ = writeln!(
+        md,
+        "# Scenario 1: one speaker, {} listeners in three regions\n",
+        common.listeners
+    );
     let _ = writeln!(
         md,
         "Nine nodes (eu1-3, us1-3, ap1-3) on the emulated WAN: one-way eu<>us {} ms, eu<>ap {} ms, \
@@ -456,14 +472,24 @@ fn speaker_report(common: &Common, s: &SpeakerSettings, runs: &[SpeakerRun]) -> 
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let _ = writeln!(md, "| link | {} |", runs.iter().map(|r| r.routing.as_str()).collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(
+        md,
+        "| link | {} |",
+        runs.iter()
+            .map(|r| r.routing.as_str())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
     let _ = writeln!(md, "|---|{}", "---|".repeat(runs.len()));
     for l in links {
         let _ = writeln!(
             md,
             "| {l} | {} |",
             runs.iter()
-                .map(|r| format!("{:.0}", r.wan_bytes_per_sec.get(l).copied().unwrap_or(0.0) * 8.0 / 1000.0))
+                .map(|r| format!(
+                    "{:.0}",
+                    r.wan_bytes_per_sec.get(l).copied().unwrap_or(0.0) * 8.0 / 1000.0
+                ))
                 .collect::<Vec<_>>()
                 .join(" | ")
         );
@@ -482,7 +508,10 @@ fn speaker_report(common: &Common, s: &SpeakerSettings, runs: &[SpeakerRun]) -> 
     }
     let _ = writeln!(md, "\n## Join to first frame and latency per region\n");
     let _ = writeln!(md, "Join to first frame: from the bot's WebSocket connect to the first packet of the speaker's first VP8 keyframe. Latency: each listener's median one-way latency of the video (probe timestamps, one clock); minus WAN subtracts the emulated one-way delay from eu. Cells are p50 / p95 over the listeners.\n");
-    let _ = writeln!(md, "| routing | region | join to first frame | latency | latency minus WAN | video loss |");
+    let _ = writeln!(
+        md,
+        "| routing | region | join to first frame | latency | latency minus WAN | video loss |"
+    );
     let _ = writeln!(md, "|---|---|---|---|---|---|");
     for r in runs {
         for region in REGIONS {
@@ -497,7 +526,11 @@ fn speaker_report(common: &Common, s: &SpeakerSettings, runs: &[SpeakerRun]) -> 
             );
         }
         if r.listeners_without_video > 0 {
-            let _ = writeln!(md, "\n{} listeners ({}) got no video keyframe.\n", r.listeners_without_video, r.routing);
+            let _ = writeln!(
+                md,
+                "\n{} listeners ({}) got no video keyframe.\n",
+                r.listeners_without_video, r.routing
+            );
         }
     }
     let _ = writeln!(md, "\n## Node load during the window\n");
@@ -535,7 +568,11 @@ fn model_section(common: &Common, runs: &[SpeakerRun]) -> String {
     let per_copy_kbps = tree.inter_region_kbps / copies as f64;
     let consumers: u64 = tree.node_load.values().map(|(_, c)| c).sum();
     let cpu: f64 = tree.node_load.values().map(|(c, _)| c).sum();
-    let cpu_per_consumer = if consumers == 0 { 0.0 } else { cpu / consumers as f64 };
+    let cpu_per_consumer = if consumers == 0 {
+        0.0
+    } else {
+        cpu / consumers as f64
+    };
     let (regions, per_region, listeners) = (10.0_f64, 10.0_f64, 100_000.0_f64);
     let nodes = regions * per_region;
     let per_node = listeners / nodes;
@@ -584,7 +621,10 @@ fn speaker_plots(common: &Common, runs: &[SpeakerRun]) -> Result<()> {
         .into_iter()
         .collect();
     let bars = BarChart {
-        title: format!("Inter-region traffic, 1 speaker, {} listeners", common.listeners),
+        title: format!(
+            "Inter-region traffic, 1 speaker, {} listeners",
+            common.listeners
+        ),
         y_label: "kbit/s".into(),
         categories: links.clone(),
         series: runs
@@ -691,14 +731,20 @@ pub fn relay_kill(common: &Common, s: &RelayKillSettings) -> Result<RelayKillRes
     std::fs::create_dir_all(&common.out)?;
     let dir = common.out.join("raw");
     std::fs::create_dir_all(&dir)?;
-    eprintln!("pipemesh-sim: relay-kill: cluster up, {} listeners", common.listeners);
+    eprintln!(
+        "pipemesh-sim: relay-kill: cluster up, {} listeners",
+        common.listeners
+    );
     let c = Cluster::up(&common.paths, &format!("{}kill", common.tag), "tree")?;
     common.wan.apply(&c)?;
     let listen = (s.before_secs + s.after_secs + 6.0).ceil() as u64;
     let bots = start_bots(&c, common, &dir, listen)?;
     sleep_secs(s.before_secs);
     let room = c.room(ROOM)?;
-    std::fs::write(dir.join("room-before.json"), serde_json::to_vec_pretty(&room)?)?;
+    std::fs::write(
+        dir.join("room-before.json"),
+        serde_json::to_vec_pretty(&room)?,
+    )?;
     let video = speaker_producers(&room)
         .get("video")
         .cloned()
@@ -710,7 +756,10 @@ pub fn relay_kill(common: &Common, s: &RelayKillSettings) -> Result<RelayKillRes
     c.kill(&relay)?;
     sleep_secs(s.after_secs);
     let room_after = c.room(ROOM)?;
-    std::fs::write(dir.join("room-after.json"), serde_json::to_vec_pretty(&room_after)?)?;
+    std::fs::write(
+        dir.join("room-after.json"),
+        serde_json::to_vec_pretty(&room_after)?,
+    )?;
     let new_relay = relay_in(&room_after, &video, &s.region);
     let reports = finish(bots.listeners, listen);
     drop(bots.speaker);
@@ -766,9 +815,20 @@ pub fn relay_kill(common: &Common, s: &RelayKillSettings) -> Result<RelayKillRes
          would. Recovery per listener: from the kill to the end of the media gap it saw (0 when it saw none).\n",
         common.listeners, s.before_secs, s.region, result.killed
     );
-    let _ = writeln!(md, "- relay after the kill: {}", result.new_relay.as_deref().unwrap_or("none found"));
-    let _ = writeln!(md, "- listeners that were on {}: {} (their node is gone; clients would reconnect elsewhere)\n", result.killed, result.on_killed_node);
-    let _ = writeln!(md, "| region | video recovery p50 / p95 | max | audio recovery p50 / p95 | not recovered |");
+    let _ = writeln!(
+        md,
+        "- relay after the kill: {}",
+        result.new_relay.as_deref().unwrap_or("none found")
+    );
+    let _ = writeln!(
+        md,
+        "- listeners that were on {}: {} (their node is gone; clients would reconnect elsewhere)\n",
+        result.killed, result.on_killed_node
+    );
+    let _ = writeln!(
+        md,
+        "| region | video recovery p50 / p95 | max | audio recovery p50 / p95 | not recovered |"
+    );
     let _ = writeln!(md, "|---|---|---|---|---|");
     for region in REGIONS {
         let v = result.video_recovery_ms.get(region);
@@ -785,7 +845,9 @@ pub fn relay_kill(common: &Common, s: &RelayKillSettings) -> Result<RelayKillRes
     std::fs::write(common.out.join("report.md"), md)?;
     std::fs::write(
         common.out.join("result.json"),
-        serde_json::to_vec_pretty(&json!({"scenario": "relay-kill", "listeners": common.listeners, "wan": common.wan, "result": result}))?,
+        serde_json::to_vec_pretty(
+            &json!({"scenario": "relay-kill", "listeners": common.listeners, "wan": common.wan, "result": result}),
+        )?,
     )?;
     let lo = -(s.before_secs.min(5.0) * 10.0) as i64;
     let hi = (s.after_secs * 10.0) as i64;
@@ -865,7 +927,10 @@ pub fn lossy_link(common: &Common, s: &LossySettings) -> Result<LossyResult> {
     std::fs::create_dir_all(&common.out)?;
     let dir = common.out.join("raw");
     std::fs::create_dir_all(&dir)?;
-    eprintln!("pipemesh-sim: lossy-link: cluster up, {} listeners", common.listeners);
+    eprintln!(
+        "pipemesh-sim: lossy-link: cluster up, {} listeners",
+        common.listeners
+    );
     let c = Cluster::up(&common.paths, &format!("{}loss", common.tag), "tree")?;
     common.wan.apply(&c)?;
     // The listeners run for the whole window: they join on a clean WAN, then the link turns
@@ -915,8 +980,15 @@ pub fn lossy_link(common: &Common, s: &LossySettings) -> Result<LossyResult> {
         }
     }
     let mut md = String::new();
-    let _ = writeln!(md, "# Scenario 3: {:.0}% loss and {:.0} ms RTT on {}\n", s.loss * 100.0, s.delay_ms * 2.0, s.link);
     let _ = writeln!(
+        md,
+        "# Scenario 3: {:.0}% loss and {:.0} ms RTT on {}\n",
+        s.loss * 100.0,
+        s.delay_ms * 2.0,
+        s.link
+    );
+    let _ =
+        writeln!(
         md,
         "Tree routing; the speaker on eu1 (Opus and VP8), {} listeners over the nine nodes. Once \
          all have joined, {} gets {:.0} ms one-way delay and {:.1}% random loss each way for \
@@ -926,12 +998,18 @@ pub fn lossy_link(common: &Common, s: &LossySettings) -> Result<LossyResult> {
          The link's loss counts retransmissions and NACKs too.\n",
         common.listeners, s.link, s.delay_ms, s.loss * 100.0, s.window_secs
     );
-    let _ = writeln!(md, "| directed link | packets offered | dropped by the emulator | loss |");
+    let _ = writeln!(
+        md,
+        "| directed link | packets offered | dropped by the emulator | loss |"
+    );
     let _ = writeln!(md, "|---|---|---|---|");
     for (l, (n, d)) in &result.link_loss {
         let _ = writeln!(md, "| {l} | {n} | {d} | {:.2}% |", pct((*d, *n)));
     }
-    let _ = writeln!(md, "\n| region | listeners | video loss after repair | audio loss after repair |");
+    let _ = writeln!(
+        md,
+        "\n| region | listeners | video loss after repair | audio loss after repair |"
+    );
     let _ = writeln!(md, "|---|---|---|---|");
     for region in REGIONS {
         let v = result.video.get(region).copied().unwrap_or((0, 0));
@@ -940,29 +1018,46 @@ pub fn lossy_link(common: &Common, s: &LossySettings) -> Result<LossyResult> {
             md,
             "| {region} | {} | {:.3}% ({} of {}) | {:.3}% ({} of {}) |",
             result.listeners.get(region).copied().unwrap_or(0),
-            pct(v), v.0, v.1, pct(a), a.0, a.1
+            pct(v),
+            v.0,
+            v.1,
+            pct(a),
+            a.0,
+            a.1
         );
     }
     let _ = writeln!(md, "\n![loss](loss.png)\n\n`loss.png`: per region, listener loss of video and audio after repair, percent.");
     std::fs::write(common.out.join("report.md"), md)?;
     std::fs::write(
         common.out.join("result.json"),
-        serde_json::to_vec_pretty(&json!({"scenario": "lossy-link", "listeners": common.listeners, "wan": common.wan,
-            "link": s.link, "loss": s.loss, "delayMs": s.delay_ms, "result": result}))?,
+        serde_json::to_vec_pretty(
+            &json!({"scenario": "lossy-link", "listeners": common.listeners, "wan": common.wan,
+            "link": s.link, "loss": s.loss, "delayMs": s.delay_ms, "result": result}),
+        )?,
     )?;
     let regions: Vec<String> = REGIONS.iter().map(|r| (*r).to_owned()).collect();
     let chart = BarChart {
-        title: format!("Listener loss after repair, {:.0}% loss on {}", s.loss * 100.0, s.link),
+        title: format!(
+            "Listener loss after repair, {:.0}% loss on {}",
+            s.loss * 100.0,
+            s.link
+        ),
         y_label: "% lost".into(),
         categories: regions.clone(),
         series: vec![
             (
                 "video".into(),
-                regions.iter().map(|g| pct(result.video.get(g).copied().unwrap_or((0, 0)))).collect(),
+                regions
+                    .iter()
+                    .map(|g| pct(result.video.get(g).copied().unwrap_or((0, 0))))
+                    .collect(),
             ),
             (
                 "audio".into(),
-                regions.iter().map(|g| pct(result.audio.get(g).copied().unwrap_or((0, 0)))).collect(),
+                regions
+                    .iter()
+                    .map(|g| pct(result.audio.get(g).copied().unwrap_or((0, 0))))
+                    .collect(),
             ),
         ],
         width: 900,
