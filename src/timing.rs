@@ -17,6 +17,9 @@ pub const WORKER_TICK: Duration = Duration::from_millis(10);
 pub const RTCP_REPORT_INTERVAL: Duration = Duration::from_millis(1000);
 /// Interval between transport-wide-cc feedback packets sent to publishers.
 pub const TWCC_FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
+/// A producer's stream silent for longer than this resumes without NACKs for the gap (see
+/// `worker::media::ingress::forward`): what was missed is older than a receiver would wait.
+pub const NACK_MAX_OUTAGE: Duration = Duration::from_millis(1000);
 /// How long a retransmission buffer keeps a packet for NACK answers.
 pub const RTX_BUFFER_MAX_AGE: Duration = Duration::from_millis(2000);
 /// Interval at which the pipe endpoint samples each link's byte and packet counters for its

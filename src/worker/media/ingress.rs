@@ -224,6 +224,16 @@ pub(in crate::worker) fn forward(
         stream.ssrc = Some(view.ssrc());
     }
     let seq = view.sequence_number();
+    // After an outage longer than a receiver would wait for a retransmission (the stream
+    // came back through a new relay, or the sender's network did), the gap is not repaired:
+    // its packets are too old to play and the upstream's buffer keeps them for up to
+    // RTX_BUFFER_MAX_AGE, so NACKing would only replay seconds of stale media in a burst.
+    if stream
+        .last_packet
+        .is_some_and(|t| now.saturating_duration_since(t) > crate::timing::NACK_MAX_OUTAGE)
+    {
+        stream.nack.reset();
+    }
     stream.last_packet = Some(now);
     stream
         .stats

@@ -386,3 +386,61 @@ fn metrics_count_packets_feedback_and_retransmissions() {
     assert_eq!(g.peers.load(Ordering::Relaxed), 1);
     assert_eq!(g.consumers.load(Ordering::Relaxed), 0);
 }
+
+/// NACKs the worker sends Alice while time advances by `span` in 5 ms steps.
+fn nacks_to_alice(r: &mut VideoRoom, span: Duration) -> Vec<u16> {
+    let until = r.h.now + span;
+    let mut outputs = Vec::new();
+    while r.h.now < until {
+        let next = (r.h.now + Duration::from_millis(5)).min(until);
+        r.h.advance_to(next);
+        outputs.extend(r.h.drain());
+    }
+    let (to_alice, _) = r.split(outputs);
+    let mut seqs = Vec::new();
+    for p in &to_alice {
+        for item in parse_compound(p).expect("valid RTCP") {
+            if let RtcpItem::Nack { items, .. } = item {
+                seqs.extend(items.pairs().flat_map(|(pid, blp)| {
+                    (0..17u16).filter_map(move |i| {
+                        (i == 0 || blp & (1 << (i - 1)) != 0).then(|| pid.wrapping_add(i))
+                    })
+                }));
+            }
+        }
+    }
+    seqs.sort_unstable();
+    seqs.dedup();
+    seqs
+}
+
+#[test]
+fn a_gap_is_nacked_but_not_after_a_long_outage() {
+    let mut r = VideoRoom::new();
+    for seq in 100..103u16 {
+        r.alice_sends(seq, b"x");
+    }
+    // 103 and 104 lost in a short gap: NACKed.
+    r.h.advance_to(r.h.now + Duration::from_millis(40));
+    r.alice_sends(105, b"x");
+    assert_eq!(
+        nacks_to_alice(&mut r, Duration::from_millis(150)),
+        [103, 104]
+    );
+    r.alice_sends(103, b"x");
+    r.alice_sends(104, b"x");
+    // Silence beyond NACK_MAX_OUTAGE: the packets of the outage are not asked for again...
+    r.h.advance_to(r.h.now + crate::timing::NACK_MAX_OUTAGE + Duration::from_millis(200));
+    r.h.drain();
+    r.alice_sends(300, b"x");
+    assert_eq!(
+        nacks_to_alice(&mut r, Duration::from_millis(300)),
+        [] as [u16; 0]
+    );
+    // ...and the next short gap is NACKed as before.
+    r.alice_sends(303, b"x");
+    assert_eq!(
+        nacks_to_alice(&mut r, Duration::from_millis(150)),
+        [301, 302]
+    );
+}
