@@ -73,6 +73,8 @@ pub(super) struct Pipes {
     next_stream_id: u64,
     /// Earliest pipe timer, as of the last change.
     deadline: Option<Instant>,
+    /// Origin and relay side: upper simulcast layers withheld from congested links.
+    pub(super) shed: super::shed::ShedState,
 }
 
 impl Pipes {
@@ -106,6 +108,11 @@ impl Pipes {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Whether the link to `node` is up.
+    pub(super) fn is_up(&self, node: &NodeId) -> bool {
+        self.up.contains(node)
     }
 
     /// Pipe links up.
@@ -208,6 +215,7 @@ impl Worker {
             self.pipes.down_since.insert(node.clone(), now);
         }
         self.directory.link_down(node);
+        self.pipes.shed.forget(node);
         if let Some(s) = self.pipes.links.get_mut(node) {
             s.on_link_down(now);
         }
@@ -472,7 +480,7 @@ impl Worker {
         match dg.kind {
             DatagramKind::Rtp => {
                 let key = (node.clone(), dg.stream_id);
-                let Some((room_id, producer, encoding)) = self.pipes.inbound.get(&key) else {
+                let Some((_, producer, encoding)) = self.pipes.inbound.get(&key) else {
                     self.counters
                         .pipe_unknown_stream
                         .fetch_add(1, Ordering::Relaxed);
@@ -496,15 +504,25 @@ impl Worker {
                     outputs,
                     counters,
                     scratch,
+                    pipes,
                     ..
                 } = self;
-                let Some(room) = rooms.get_mut(room_id) else {
+                let pipes: &Pipes = pipes;
+                let Some(room) = pipes
+                    .inbound
+                    .get(&key)
+                    .and_then(|(room_id, _, _)| rooms.get_mut(room_id))
+                else {
                     return;
                 };
-                // Relay: `forward` pipes it on once to every node subscribed here.
+                // Relay: `forward` pipes it on once to every node subscribed here (but the
+                // layers shed toward it).
                 scratch.clear();
                 scratch.extend_from_slice(dg.packet);
-                forward(room, transports, outputs, counters, now, &sref, scratch);
+                let shed = pipes.shed.levels();
+                forward(
+                    room, transports, outputs, counters, shed, now, &sref, scratch,
+                );
             }
             DatagramKind::RtcpFromFar => self.origin_rtcp(now, node, dg.stream_id, dg.packet),
             // Sender reports are not piped (consumers report from their own send statistics);
@@ -534,6 +552,11 @@ impl Worker {
         else {
             return;
         };
+        // Packets of a layer shed toward the node never crossed: not resent (see `shed`).
+        let shed = self
+            .pipes
+            .shed
+            .nack_withheld(now, node, encoding, p.pipe_stream_ids.len());
         let Some(buf) = p.pipe_buffers.get_mut(encoding) else {
             return;
         };
@@ -546,6 +569,9 @@ impl Worker {
             self.counters
                 .media
                 .pipe_feedback(PipeFeedback::Nack, Direction::In, 1);
+            if shed {
+                continue;
+            }
             buf.handle_nack(now, items.pairs(), &mut resend);
             for seq in resend.iter().copied() {
                 let Some(pkt) = buf.get(now, seq) else {
