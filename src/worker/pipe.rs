@@ -216,6 +216,9 @@ impl Worker {
         }
         self.directory.link_down(node);
         self.pipes.shed.forget(node);
+        if self.pipes.shed.limited_by(node) > 0 {
+            self.far_shed(now, node, 0);
+        }
         if let Some(s) = self.pipes.links.get_mut(node) {
             s.on_link_down(now);
         }
@@ -451,6 +454,7 @@ impl Worker {
                     }
                 }
             }
+            M::ShedLayers { layers } => self.far_shed(now, node, layers),
             M::Ping { nonce } => self.outputs.push_back(Output::PipeControl {
                 node: node.clone(),
                 msg: M::Pong { nonce },

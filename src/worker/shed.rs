@@ -4,12 +4,16 @@
 //! linked node, fed by the glue once a second ([`Worker::handle_pipe_link_sample`]); the
 //! packet path ([`super::media::pipe_out`]) reads only the map of levels above 0.
 //!
-//! What the far node sees: a withheld layer goes silent. Its consumers' layer selectors
-//! ([`crate::router::simulcast`]) declare it inactive after their inactivity timeout, fall
-//! back to the best active layer below and ask for a keyframe there. When a layer is restored
-//! this node asks the producer for a keyframe of it at once (its publisher, or upstream for a
-//! relayed producer), so the far selectors, which target the layer again on its first packet,
-//! switch up without waiting for their own request to cross the link.
+//! What the far node sees: each change of level is announced
+//! ([`ControlMessage::ShedLayers`]), and the consumers of what this node pipes there limit
+//! their layer selectors ([`crate::router::simulcast::SimulcastSelector::set_spatial_limit`])
+//! at once: they target the best layer still sent and ask for a keyframe of it, instead of
+//! showing a frozen picture until the withheld layer's inactivity timeout (which remains the
+//! fallback: with a node that does not know the message, or downstream of a relay, which does
+//! not pass it on). When a layer is restored this node asks the producer for a keyframe of it
+//! at once (its publisher, or upstream for a relayed producer), so the far selectors, which
+//! target the layer again when the limit lifts or on its first packet, switch up without
+//! waiting for their own request to cross the link.
 //!
 //! NACKs: the retransmission buffer of a piped encoding is shared by every node it goes to, so
 //! it holds packets that were withheld from a shedding node. A NACK from that node for an
@@ -20,11 +24,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use super::media::send_keyframe_requests;
+use super::media::{limit_piped_layers, send_keyframe_requests};
 use super::report::PipeLinkReport;
-use super::Worker;
+use super::{Output, Worker};
 use crate::ids::NodeId;
 use crate::pipe::shedding::{withheld, LayerShedder, LinkSample};
+use crate::pipe::wire::ControlMessage;
 use crate::timing::RTX_BUFFER_MAX_AGE;
 
 /// Shedding state of one linked node.
@@ -41,6 +46,8 @@ pub(super) struct ShedState {
     links: HashMap<NodeId, LinkShed>,
     /// Levels above 0 only: what the packet path reads (empty when nothing is shed).
     levels: HashMap<NodeId, u8>,
+    /// Far side: what each node says it withholds from this node (above 0 only).
+    limited_by: HashMap<NodeId, u8>,
 }
 
 impl ShedState {
@@ -75,7 +82,13 @@ impl ShedState {
             })
     }
 
-    /// The link to `node` is gone: its next connection starts with every layer.
+    /// Far side: the top layers `node` says it withholds from this node.
+    pub(super) fn limited_by(&self, node: &NodeId) -> u8 {
+        self.limited_by.get(node).copied().unwrap_or(0)
+    }
+
+    /// The link to `node` is gone: its next connection starts with every layer (origin side;
+    /// the far side's limits are lifted by [`Worker::far_shed`]).
     pub(super) fn forget(&mut self, node: &NodeId) {
         self.links.remove(node);
         self.levels.remove(node);
@@ -167,7 +180,33 @@ impl Worker {
         out.into_values().collect()
     }
 
+    /// Far side: `node` withholds its top `layers` simulcast layers from this node
+    /// ([`crate::pipe::wire::ControlMessage::ShedLayers`]): consumers of what it pipes here
+    /// stop targeting them at once.
+    pub(super) fn far_shed(&mut self, now: Instant, node: &NodeId, layers: u8) {
+        tracing::debug!(%node, layers, "pipe link sheds layers toward this node");
+        let shed = &mut self.pipes.shed;
+        if layers == 0 {
+            shed.limited_by.remove(node);
+        } else {
+            shed.limited_by.insert(node.clone(), layers);
+        }
+        let Worker {
+            rooms,
+            outputs,
+            transports,
+            ..
+        } = self;
+        for room in rooms.values_mut() {
+            limit_piped_layers(room, now, node, layers, outputs, transports);
+        }
+    }
+
     fn set_shed_level(&mut self, now: Instant, node: &NodeId, before: u8, after: u8) {
+        self.outputs.push_back(Output::PipeControl {
+            node: node.clone(),
+            msg: ControlMessage::ShedLayers { layers: after },
+        });
         let shed = &mut self.pipes.shed;
         if after == 0 {
             shed.levels.remove(node);

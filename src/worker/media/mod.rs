@@ -19,6 +19,7 @@ pub use consumer::Consumer;
 pub(super) use ingress::forward;
 pub use ingress::handle_packet;
 pub use producer::{PipeSource, Producer, Source};
+pub(super) use timers::limit_piped_layers;
 pub use timers::room_timeout;
 
 use std::sync::atomic::Ordering;

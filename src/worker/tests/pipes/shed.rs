@@ -1,5 +1,6 @@
 //! Layer shedding: samples of a congested link to b make a withhold the upper encodings of
-//! a simulcast producer piped there (audio never), and restoring resumes them with a keyframe.
+//! a simulcast producer piped there (audio never) and tell b, whose consumers move down at
+//! once; restoring resumes them with a keyframe.
 
 use super::*;
 
@@ -108,18 +109,45 @@ fn congested_link_withholds_upper_encodings_step_by_step_and_restores_them() {
     assert_eq!(s.shed_packets(), 0);
 
     // Level 1: encoding 2 is withheld, 0 and 1 flow.
+    s.p.cl.advance(Duration::from_secs(1));
+    s.p.cl.reset();
     assert_eq!(s.sample(B, LOSSY), 1);
     assert_eq!(s.p.cl.n[A].w.pipe_shed_level(&s.p.cl.ids[B]), 1);
+    assert_eq!(
+        s.p.cl.ctrl[A],
+        vec![ControlMessage::ShedLayers { layers: 1 }],
+        "b is told"
+    );
+    // Bob's consumer moves down at once: b asks for a keyframe of rid 1, which switches him.
+    assert_eq!(
+        keyframe_requests(&s.p.cl.ctrl[B]),
+        vec![(s.p.producer.clone(), Some(1))]
+    );
+    assert!(s.p.alice.plis(&s.p.cl.take(A)).contains(&SIM_SSRCS[1]));
+    let got = s.send_to_bob(1, true);
+    assert_eq!(
+        got.len(),
+        1,
+        "Bob is on rid 1 without waiting for rid 2 to go silent"
+    );
+    assert!(RtpView::parse(&got[0][..])
+        .expect("RTP")
+        .payload()
+        .ends_with(b"rid 1"));
     assert_eq!(s.piped(), vec![0, 1]);
     assert_eq!(s.shed_packets(), 1);
     // At most one step per 2 s.
     s.p.cl.advance(Duration::from_secs(1));
     assert_eq!(s.sample(B, LOSSY), 1);
 
-    // Level 2: only encoding 0.
+    // Level 2: only encoding 0; Bob moves to rid 0 at once.
+    s.p.cl.reset();
     assert_eq!(s.until_change(LOSSY, 5), (1, 2));
+    assert!(s.p.cl.ctrl[A].contains(&ControlMessage::ShedLayers { layers: 2 }));
+    assert_eq!(s.send_to_bob(0, true).len(), 1, "Bob is on rid 0");
     assert_eq!(s.piped(), vec![0]);
     assert_eq!(s.shed_packets(), 3);
+    assert_eq!(s.send_to_bob(2, true).len(), 0, "nothing of rid 2 crosses");
     // Never the lowest layer.
     s.p.cl.advance(Duration::from_secs(3));
     assert_eq!(s.sample(B, LOSSY), 2);
@@ -131,10 +159,6 @@ fn congested_link_withholds_upper_encodings_step_by_step_and_restores_them() {
         .find(|r| r.node == s.p.cl.ids[B])
         .expect("a reports its link to b");
     assert_eq!((link.piped_out, link.shed_layers), (1, 2));
-
-    // Bob's selector saw rids 1 and 2 go silent and fell back: a keyframe on rid 0 reaches him.
-    s.p.cl.advance(Duration::from_secs(3));
-    assert_eq!(s.send_to_bob(0, true).len(), 1, "fallback to rid 0");
 
     // Recovery: one layer at a time, each with a keyframe request to Alice for it.
     s.p.cl.reset();
@@ -248,8 +272,15 @@ fn nacks_for_a_withheld_encoding_are_not_answered() {
 fn link_down_forgets_the_shed_level() {
     let mut s = Sim::new();
     assert_eq!(s.sample(B, LOSSY), 1);
+    let a = s.p.cl.ids[A].clone();
+    assert_eq!(s.p.cl.n[B].w.pipes.shed.limited_by(&a), 1);
     s.p.cl.link_down();
     assert_eq!(s.p.cl.n[A].w.pipe_shed_level(&s.p.cl.ids[B]), 0);
+    assert_eq!(
+        s.p.cl.n[B].w.pipes.shed.limited_by(&a),
+        0,
+        "b lifts the limit too"
+    );
     // Samples of a link that is down are ignored.
     assert_eq!(s.sample(B, LOSSY), 0);
 }
