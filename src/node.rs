@@ -36,6 +36,7 @@ use crate::ids::{NodeId, TransportId};
 use crate::metrics::Kind;
 use crate::pipe::endpoint::{EndpointConfig, PipeEndpoint, PipeEvent, PipeHandle};
 use crate::pipe::link::LinkConfig;
+use crate::pipe::shedding::LinkSample;
 use crate::pipe::tls::{PipeIdentity, TransportTuning};
 use crate::pipe::wire::DatagramKind;
 use crate::signaling::server::{self as sig, SessionId, ToPeer, WorkerCommand};
@@ -620,7 +621,13 @@ fn feed_link_samples(worker: &mut Worker, pipe: &PipeHandle) {
             continue;
         };
         let node = NodeId::from(peer.as_str());
-        let level = worker.handle_pipe_link_sample(now, &node, st.loss_percent, st.rtt_us);
+        let sample = LinkSample {
+            loss_percent: st.loss_percent,
+            rtt_us: st.rtt_us,
+            sent_packets: st.sent_packets,
+            lost_packets: st.lost_packets,
+        };
+        let level = worker.handle_pipe_link_sample(now, &node, sample);
         if level != st.shed_layers {
             pipe.set_shed_layers(&peer, level);
         }

@@ -27,12 +27,18 @@
 //! * **Shed** one more layer per congested sample, but at most one step per
 //!   [`ShedConfig::shed_step_interval`] (2 s): the effect of withholding a layer needs time to
 //!   show in the link's figures (the queue drains, the loss window moves on) before judging
-//!   whether another layer must go. The level is capped at `layers - 1`
+//!   whether another layer must go. The loss window (5 s) outlives that step, so while layers
+//!   are shed the loss that counts is the loss over the packets sent since the last change of
+//!   level (from the link's running totals, once [`ShedConfig::fresh_loss_min_packets`] were
+//!   sent; the window's figure until then): a shed that cured the loss is not followed by
+//!   another because the window still remembers the loss from before it. The first shed
+//!   judges the window: a whole window of packets keeps random loss from tripping it. The level is capped at `layers - 1`
 //!   ([`LayerShedder::set_layers`]: the most encodings of any producer piped on the link) and
 //!   at [`ShedConfig::max_level`], so the lowest layer is never withheld.
 //! * **Restore** one layer after the link has been clean for the restore wait
 //!   ([`ShedConfig::restore_after`], 8 s) since the last change. A clean sample has loss below
-//!   [`ShedConfig::loss_clean_percent`] (2 %) and queueing delay below half the delay
+//!   [`ShedConfig::loss_clean_percent`] (2 %) (over the window and since the last change)
+//!   and queueing delay below half the delay
 //!   threshold; samples between clean and congested hold the level and restart the clean
 //!   streak (hysteresis: a link hovering near the threshold does not flap).
 //! * **Backoff**: restoring is a probe (more traffic on a link that was short of capacity).
@@ -71,6 +77,9 @@ pub struct ShedConfig {
     pub backoff_reset_after: Duration,
     /// Most layers withheld on a link, whatever the producers have.
     pub max_level: u8,
+    /// Packets sent since the last change of level from which the loss since that change
+    /// replaces the window's figure (see the module docs).
+    pub fresh_loss_min_packets: u64,
 }
 
 impl Default for ShedConfig {
@@ -87,6 +96,7 @@ impl Default for ShedConfig {
             relapse_window: Duration::from_secs(5),
             backoff_reset_after: Duration::from_secs(60),
             max_level: 2,
+            fresh_loss_min_packets: 200,
         }
     }
 }
@@ -98,6 +108,10 @@ pub struct LinkSample {
     pub loss_percent: f64,
     /// Smoothed RTT in microseconds; 0 when unknown.
     pub rtt_us: u64,
+    /// Packets sent on the link so far (a running total; 0 when unknown).
+    pub sent_packets: u64,
+    /// Of those, packets declared lost so far.
+    pub lost_packets: u64,
 }
 
 /// Whether encoding `encoding` of a producer with `encodings` encodings is withheld at shed
@@ -132,6 +146,8 @@ pub struct LayerShedder {
     last_restore: Option<Instant>,
     clean_since: Option<Instant>,
     restore_wait: Duration,
+    /// Packet totals (sent, lost) at the last change of level.
+    baseline: Option<(u64, u64)>,
 }
 
 impl Default for LayerShedder {
@@ -152,6 +168,7 @@ impl LayerShedder {
             last_restore: None,
             clean_since: None,
             restore_wait: cfg.restore_after,
+            baseline: None,
             cfg,
         }
     }
@@ -211,7 +228,7 @@ impl LayerShedder {
                 }
                 self.level += 1;
                 self.last_shed = Some(now);
-                self.last_change = Some(now);
+                self.changed(now, sample);
                 Some(self.level)
             }
             Verdict::Hold => {
@@ -227,8 +244,8 @@ impl LayerShedder {
                 let clean_for = now.saturating_duration_since(clean_from);
                 if self.level > 0 && clean_for >= self.restore_wait {
                     self.level -= 1;
-                    self.last_change = Some(now);
                     self.last_restore = Some(now);
+                    self.changed(now, sample);
                     return Some(self.level);
                 }
                 if clean_for >= self.cfg.backoff_reset_after {
@@ -239,11 +256,35 @@ impl LayerShedder {
         }
     }
 
+    fn changed(&mut self, now: Instant, sample: LinkSample) {
+        self.last_change = Some(now);
+        self.baseline =
+            (sample.sent_packets > 0).then_some((sample.sent_packets, sample.lost_packets));
+    }
+
+    /// Loss (percent) over the packets sent since the last change of level, once there are
+    /// enough of them.
+    fn fresh_loss(&self, sample: LinkSample) -> Option<f64> {
+        let (sent0, lost0) = self.baseline?;
+        let sent = sample.sent_packets.checked_sub(sent0)?;
+        let lost = sample.lost_packets.checked_sub(lost0)?;
+        if sent < self.cfg.fresh_loss_min_packets.max(1) {
+            return None;
+        }
+        Some((lost as f64 / sent as f64 * 100.0).min(100.0))
+    }
+
     fn judge(&mut self, now: Instant, sample: LinkSample) -> Verdict {
-        let loss = if sample.loss_percent.is_nan() {
+        let window = if sample.loss_percent.is_nan() {
             0.0
         } else {
             sample.loss_percent.clamp(0.0, 100.0)
+        };
+        // While shedding, the window still holds the loss from before the last change for a
+        // few seconds: the loss since the change says whether it worked.
+        let loss = match self.fresh_loss(sample) {
+            Some(fresh) if self.level > 0 => fresh,
+            _ => window,
         };
         let mut delay_congested = false;
         let mut delay_clean = true;
@@ -263,7 +304,7 @@ impl LayerShedder {
         }
         if loss >= self.cfg.loss_threshold_percent || delay_congested {
             Verdict::Congested
-        } else if loss < self.cfg.loss_clean_percent && delay_clean {
+        } else if loss.max(window) < self.cfg.loss_clean_percent && delay_clean {
             Verdict::Clean
         } else {
             Verdict::Hold
@@ -298,6 +339,7 @@ mod tests {
         LinkSample {
             loss_percent: p,
             rtt_us: 20_000,
+            ..LinkSample::default()
         }
     }
 
@@ -349,6 +391,7 @@ mod tests {
             let sample = LinkSample {
                 loss_percent: 1.0,
                 rtt_us: 20_000 + (i % 5) * 15_000,
+                ..LinkSample::default()
             };
             assert_eq!(s.on_sample(t, sample), None);
         }
@@ -365,6 +408,57 @@ mod tests {
         // First congested sample at 11 s, the next step 2 s later, then capped at 2.
         assert_eq!(changes, vec![(11, 1), (13, 2)]);
         assert_eq!(s.level(), 2);
+    }
+
+    #[test]
+    fn a_shed_that_cured_the_loss_is_not_followed_by_another() {
+        let mut t = Instant::now();
+        // 500 packets a second; `lost` of them lost after the shed at 1 s.
+        let run_counted = |lost_per_s: u64, t: &mut Instant| {
+            let mut s = LayerShedder::default();
+            let (mut sent, mut lost) = (10_000u64, 0u64);
+            let mut changes = Vec::new();
+            for i in 1..=10u64 {
+                *t += S;
+                sent += 500;
+                // 10 % lost until the first shed, then `lost_per_s`.
+                lost += if s.level() == 0 { 50 } else { lost_per_s };
+                // The window (5 s) still shows the loss from before the shed.
+                let window = if i <= 5 { 10.0 } else { 0.0 };
+                let sample = LinkSample {
+                    loss_percent: window,
+                    rtt_us: 20_000,
+                    sent_packets: sent,
+                    lost_packets: lost,
+                };
+                if let Some(l) = s.on_sample(*t, sample) {
+                    changes.push((i, l));
+                }
+            }
+            changes
+        };
+        // Cured: no loss since the shed, so the window's memory does not shed again.
+        assert_eq!(run_counted(0, &mut t), vec![(1, 1)]);
+        // Not cured: 10 % since the shed, the second layer goes 2 s later.
+        assert_eq!(run_counted(50, &mut t), vec![(1, 1), (3, 2)]);
+        // Too few packets since the shed to judge: the window decides.
+        let mut s = LayerShedder::default();
+        let few = |loss_percent: f64, sent: u64| LinkSample {
+            loss_percent,
+            rtt_us: 20_000,
+            sent_packets: sent,
+            lost_packets: 0,
+        };
+        t += S;
+        assert_eq!(s.on_sample(t, few(10.0, 100)), Some(1));
+        t += 2 * S;
+        assert_eq!(s.on_sample(t, few(10.0, 150)), Some(2));
+        // Counters going backwards (a reset) fall back to the window too.
+        let mut s = LayerShedder::default();
+        t += S;
+        assert_eq!(s.on_sample(t, few(10.0, 10_000)), Some(1));
+        t += 2 * S;
+        assert_eq!(s.on_sample(t, few(10.0, 5)), Some(2));
     }
 
     #[test]
@@ -402,6 +496,7 @@ mod tests {
         let rtt = |ms: u64| LinkSample {
             loss_percent: 0.0,
             rtt_us: ms * 1000,
+            ..LinkSample::default()
         };
         run(&mut s, start, &mut t, 10, rtt(30));
         assert_eq!(s.base_rtt_us(), Some(30_000));
@@ -427,6 +522,7 @@ mod tests {
         let rtt = |ms: u64| LinkSample {
             loss_percent: 0.0,
             rtt_us: ms * 1000,
+            ..LinkSample::default()
         };
         run(&mut s, start, &mut t, 5, rtt(10));
         // A route change to a longer path: congestion for a while, then learnt.
@@ -514,22 +610,27 @@ mod tests {
             LinkSample {
                 loss_percent: f64::NAN,
                 rtt_us: 0,
+                ..LinkSample::default()
             },
             LinkSample {
                 loss_percent: f64::INFINITY,
                 rtt_us: u64::MAX,
+                ..LinkSample::default()
             },
             LinkSample {
                 loss_percent: f64::NEG_INFINITY,
                 rtt_us: 1,
+                ..LinkSample::default()
             },
             LinkSample {
                 loss_percent: -5.0,
                 rtt_us: u64::MAX,
+                ..LinkSample::default()
             },
             LinkSample {
                 loss_percent: 1e300,
                 rtt_us: 0,
+                ..LinkSample::default()
             },
         ];
         for _ in 0..100 {
@@ -548,7 +649,7 @@ mod tests {
                     t,
                     LinkSample {
                         loss_percent: f64::NAN,
-                        rtt_us: 0
+                        ..LinkSample::default()
                     }
                 ),
                 None

@@ -97,16 +97,15 @@ impl ShedState {
 
 impl Worker {
     /// A sample of the pipe link to `node`, once per
-    /// [`crate::timing::PIPE_RATE_SAMPLE_INTERVAL`]: QUIC loss over the link's rate window (in
-    /// percent) and its smoothed RTT (microseconds, 0 when unknown). Drives the shedding of
-    /// upper simulcast layers toward `node` ([`crate::pipe::shedding`]). Returns the shed level
+    /// [`crate::timing::PIPE_RATE_SAMPLE_INTERVAL`]: QUIC loss over the link's rate window,
+    /// its smoothed RTT and packet totals ([`LinkSample`]). Drives the shedding of upper
+    /// simulcast layers toward `node` ([`crate::pipe::shedding`]). Returns the shed level
     /// toward `node` after the sample. Samples of a link that is not up are ignored.
     pub fn handle_pipe_link_sample(
         &mut self,
         now: Instant,
         node: &NodeId,
-        loss_percent: f64,
-        rtt_us: u64,
+        sample: LinkSample,
     ) -> u8 {
         if !self.pipes.is_up(node) {
             return self.pipes.shed.level(node);
@@ -123,21 +122,15 @@ impl Worker {
         let link = self.pipes.shed.links.entry(node.clone()).or_default();
         let before = link.ctl.level();
         link.ctl.set_layers(layers);
-        link.ctl.on_sample(
-            now,
-            LinkSample {
-                loss_percent,
-                rtt_us,
-            },
-        );
+        link.ctl.on_sample(now, sample);
         let after = link.ctl.level();
         if after != before {
             tracing::info!(
                 %node,
                 level = after,
                 previous = before,
-                loss_percent,
-                rtt_ms = rtt_us as f64 / 1000.0,
+                loss_percent = sample.loss_percent,
+                rtt_ms = sample.rtt_us as f64 / 1000.0,
                 "pipe link shed level changed"
             );
             self.set_shed_level(now, node, before, after);

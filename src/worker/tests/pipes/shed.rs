@@ -3,6 +3,7 @@
 //! once; restoring resumes them with a keyframe.
 
 use super::*;
+use crate::pipe::shedding::LinkSample;
 
 const C: &str = "node-c";
 
@@ -11,6 +12,14 @@ const LOSSY: f64 = 10.0;
 /// A clean sample.
 const CLEAN: f64 = 0.0;
 const RTT_US: u64 = 20_000;
+
+fn sample(loss: f64) -> LinkSample {
+    LinkSample {
+        loss_percent: loss,
+        rtt_us: RTT_US,
+        ..LinkSample::default()
+    }
+}
 
 /// Alice's simulcast producer on a, consumed by Bob on b; `seqs` number Alice's packets per
 /// rid (the last one sent).
@@ -33,7 +42,7 @@ impl Sim {
         let node = self.p.cl.ids[to].clone();
         let l = self.p.cl.n[A]
             .w
-            .handle_pipe_link_sample(now, &node, loss, RTT_US);
+            .handle_pipe_link_sample(now, &node, sample(loss));
         self.p.cl.pump();
         l
     }
@@ -197,7 +206,7 @@ fn audio_is_never_withheld_and_an_audio_only_link_never_sheds() {
         p.cl.advance(Duration::from_secs(2));
         let now = p.cl.now();
         assert_eq!(
-            p.cl.n[A].w.handle_pipe_link_sample(now, &b, LOSSY, RTT_US),
+            p.cl.n[A].w.handle_pipe_link_sample(now, &b, sample(LOSSY)),
             0
         );
     }
@@ -335,7 +344,7 @@ fn relay_sheds_toward_its_own_congested_link() {
     assert_eq!(
         s.p.cl.n[B]
             .w
-            .handle_pipe_link_sample(now, &c, LOSSY, RTT_US),
+            .handle_pipe_link_sample(now, &c, sample(LOSSY)),
         1
     );
     assert_eq!(relayed(&mut s), vec![0, 1]);
@@ -348,7 +357,7 @@ fn relay_sheds_toward_its_own_congested_link() {
         let now = s.p.cl.now();
         s.p.cl.n[B]
             .w
-            .handle_pipe_link_sample(now, &c, CLEAN, RTT_US);
+            .handle_pipe_link_sample(now, &c, sample(CLEAN));
     }
     s.p.cl.pump();
     assert_eq!(s.p.cl.n[B].w.pipe_shed_level(&c), 0);
