@@ -73,7 +73,8 @@ pub(super) struct Pipes {
     next_stream_id: u64,
     /// Earliest pipe timer, as of the last change.
     deadline: Option<Instant>,
-    /// Origin and relay side: upper simulcast layers withheld from congested links.
+    /// Upper simulcast layers withheld from congested links (origin and relay side), and
+    /// those other nodes withhold from this one (far side).
     pub(super) shed: super::shed::ShedState,
 }
 
@@ -483,25 +484,6 @@ impl Worker {
         };
         match dg.kind {
             DatagramKind::Rtp => {
-                let key = (node.clone(), dg.stream_id);
-                let Some((_, producer, encoding)) = self.pipes.inbound.get(&key) else {
-                    self.counters
-                        .pipe_unknown_stream
-                        .fetch_add(1, Ordering::Relaxed);
-                    return;
-                };
-                if RtpView::parse(dg.packet).is_err() {
-                    self.counters.pipe_malformed.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                self.counters
-                    .pipe_rtp_received
-                    .fetch_add(1, Ordering::Relaxed);
-                let sref = StreamRef {
-                    producer: producer.clone(),
-                    encoding: *encoding,
-                    rtx: false,
-                };
                 let Worker {
                     rooms,
                     transports,
@@ -512,11 +494,22 @@ impl Worker {
                     ..
                 } = self;
                 let pipes: &Pipes = pipes;
-                let Some(room) = pipes
-                    .inbound
-                    .get(&key)
-                    .and_then(|(room_id, _, _)| rooms.get_mut(room_id))
-                else {
+                let key = (node.clone(), dg.stream_id);
+                let Some((room_id, producer, encoding)) = pipes.inbound.get(&key) else {
+                    counters.pipe_unknown_stream.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                if RtpView::parse(dg.packet).is_err() {
+                    counters.pipe_malformed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                counters.pipe_rtp_received.fetch_add(1, Ordering::Relaxed);
+                let sref = StreamRef {
+                    producer: producer.clone(),
+                    encoding: *encoding,
+                    rtx: false,
+                };
+                let Some(room) = rooms.get_mut(room_id) else {
                     return;
                 };
                 // Relay: `forward` pipes it on once to every node subscribed here (but the
