@@ -100,9 +100,10 @@ pub enum Inspect {
     Cluster(oneshot::Sender<Value>),
     /// How many signaling sessions are open.
     Sessions(oneshot::Sender<usize>),
-    /// Piped producers per remote node: (node, local producers piped there, its producers
-    /// piped here), as [`crate::worker::Worker::pipe_stream_counts`] counts them.
-    Links(oneshot::Sender<Vec<(NodeId, usize, usize)>>),
+    /// Per remote node: producers piped there and from there, as
+    /// [`crate::worker::Worker::pipe_stream_counts`] counts them, and the simulcast layers
+    /// shed toward it ([`crate::worker::Worker::pipe_link_reports`]).
+    Links(oneshot::Sender<Vec<crate::worker::report::PipeLinkReport>>),
     /// How much the node holds (`/api/v1/node`).
     Node(oneshot::Sender<crate::worker::report::NodeCounts>),
     /// What the node (`node`, this one) has of a room (`None`: nothing).
@@ -320,7 +321,7 @@ pub(crate) fn link_peers(s: &AdminState, handle: &PipeHandle) -> Vec<String> {
 ///   "rttMs": 0.41, "lossPercent": 0.0, "sentPackets": 5120, "lostPackets": 0,
 ///   "congestionWindow": 14720, "bitrateInBps": 2400, "bitrateOutBps": 1480000,
 ///   "datagramsIn": 12, "datagramsOut": 4410, "bytesIn": 900, "bytesOut": 3520000,
-///   "pipedStreamsOut": 2, "pipedStreamsIn": 0}]}
+///   "pipedStreamsOut": 2, "pipedStreamsIn": 0, "shedLayers": 0}]}
 /// ```
 ///
 /// `rttMs` and `upSinceMs` are `null` while the link is down. Bitrates (media datagram
@@ -328,7 +329,9 @@ pub(crate) fn link_peers(s: &AdminState, handle: &PipeHandle) -> Vec<String> {
 /// ([`crate::timing::PIPE_RATE_WINDOW`]); packet and byte figures are totals since the node
 /// started. `pipedStreamsOut` counts local producers piped to the peer,
 /// `pipedStreamsIn` the peer's producers piped here (producers, not simulcast encodings);
-/// both are `null` if the worker did not answer in time. A node without pipes has no links.
+/// `shedLayers` the upper simulcast layers withheld from the peer because the link is
+/// congested ([`crate::pipe::shedding`]; 0: every layer flows). The three are `null` if the
+/// worker did not answer in time. A node without pipes has no links.
 async fn links(State(s): State<AdminState>) -> Json<Value> {
     let Some(handle) = &s.pipes else {
         return Json(json!({"nodeId": s.node_id, "links": []}));
@@ -348,8 +351,8 @@ async fn links(State(s): State<AdminState>) -> Json<Value> {
             let st = handle.stats(&peer)?;
             let piped = counts.as_ref().map(|c| {
                 c.iter()
-                    .find(|(n, _, _)| n.as_str() == peer)
-                    .map_or((0, 0), |&(_, out, inn)| (out, inn))
+                    .find(|r| r.node.as_str() == peer)
+                    .map_or((0, 0, 0), |r| (r.piped_out, r.piped_in, r.shed_layers))
             });
             Some(json!({
                 "peer": peer,
@@ -368,6 +371,7 @@ async fn links(State(s): State<AdminState>) -> Json<Value> {
                 "bytesOut": st.bytes_out,
                 "pipedStreamsOut": piped.map(|p| p.0),
                 "pipedStreamsIn": piped.map(|p| p.1),
+                "shedLayers": piped.map(|p| p.2),
             }))
         })
         .collect();

@@ -28,12 +28,13 @@
 //! | `rooms`, `peers`, `sessions`, `transports`, `producers`, `consumers` | gauge | |
 //! | `signaling_requests_total` | counter | `method` (protoo method, unknown ones as `other`); `result` = ok, 4xx, 5xx |
 //! | `signaling_request_duration_seconds` | histogram | `method` |
-//! | `tcp_framing_errors_total` and the worker's flat counters (`rtp_received_total`, `rtp_sent_total`, `srtp_failures_total`, `stun_dropped_total`, `pipe_rtp_sent_total`, `sessions_opened_total`, ...: [`crate::worker::WorkerCounters`]) | counter | |
+//! | `tcp_framing_errors_total` and the worker's flat counters (`rtp_received_total`, `rtp_sent_total`, `srtp_failures_total`, `stun_dropped_total`, `pipe_rtp_sent_total`, `pipe_shed_packets_total`, `sessions_opened_total`, ...: [`crate::worker::WorkerCounters`]) | counter | |
 //! | `registry_connected`, `registry_revision` (with a registry) | gauge | |
 //! | `registry_{lease_regrants,watch_resumes,relists,failed_writes}_total` | counter | |
 //! | `pipe_link_up` | gauge | `peer` |
 //! | `pipe_{datagrams,bytes}_{in,out}_total`, `pipe_{garbage,dropped}_datagrams_total`, `pipe_skipped_control_total`, `pipe_control_{in,out}_total`, `pipe_{sent,lost}_packets_total`, `pipe_dials_total` | counter | `peer` |
 //! | `pipe_rtt_seconds`, `pipe_loss_ratio`, `pipe_congestion_window_bytes` (while the link is up) | gauge | `peer` |
+//! | `pipe_shed_layers` (simulcast layers withheld from a congested link, [`crate::pipe::shedding`]) | gauge | `peer` |
 //!
 //! Where things are counted: `packets`/`bytes` in where the worker core takes a packet
 //! ([`crate::worker::Worker::handle_packet`], `handle_pipe_datagram`) and out where the glue

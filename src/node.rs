@@ -36,10 +36,11 @@ use crate::ids::{NodeId, TransportId};
 use crate::metrics::Kind;
 use crate::pipe::endpoint::{EndpointConfig, PipeEndpoint, PipeEvent, PipeHandle};
 use crate::pipe::link::LinkConfig;
+use crate::pipe::shedding::LinkSample;
 use crate::pipe::tls::{PipeIdentity, TransportTuning};
 use crate::pipe::wire::DatagramKind;
 use crate::signaling::server::{self as sig, SessionId, ToPeer, WorkerCommand};
-use crate::timing::DTLS_HANDSHAKE_TIMEOUT;
+use crate::timing::{DTLS_HANDSHAKE_TIMEOUT, PIPE_RATE_SAMPLE_INTERVAL};
 use crate::worker::{Output, Worker, WorkerConfig};
 
 /// Errors starting a node.
@@ -611,6 +612,28 @@ async fn next_pipe_event(rx: &mut Option<mpsc::Receiver<PipeEvent>>) -> Option<P
     }
 }
 
+/// Feeds every pipe link's loss and RTT to the worker (layer shedding, once per
+/// [`PIPE_RATE_SAMPLE_INTERVAL`]) and records the shed level it answers for `/metrics`.
+fn feed_link_samples(worker: &mut Worker, pipe: &PipeHandle) {
+    let now = Instant::now();
+    for peer in pipe.peers() {
+        let Some(st) = pipe.stats(&peer) else {
+            continue;
+        };
+        let node = NodeId::from(peer.as_str());
+        let sample = LinkSample {
+            loss_percent: st.loss_percent,
+            rtt_us: st.rtt_us,
+            sent_packets: st.sent_packets,
+            lost_packets: st.lost_packets,
+        };
+        let level = worker.handle_pipe_link_sample(now, &node, sample);
+        if level != st.shed_layers {
+            pipe.set_shed_layers(&peer, level);
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn worker_task(
     mut worker: Worker,
@@ -633,6 +656,8 @@ async fn worker_task(
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     let mut load_tick = tokio::time::interval(LOAD_PUBLISH_INTERVAL);
     load_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut link_tick = tokio::time::interval(PIPE_RATE_SAMPLE_INTERVAL);
+    link_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sessions: HashMap<SessionId, mpsc::Sender<ToPeer>> = HashMap::new();
     let mut tcp_writers: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
     let mut dtls: HashMap<TransportId, DtlsSession> = HashMap::new();
@@ -723,7 +748,7 @@ async fn worker_task(
                     let _ = reply.send(worker.session_count());
                 }
                 Inspect::Links(reply) => {
-                    let _ = reply.send(worker.pipe_stream_counts());
+                    let _ = reply.send(worker.pipe_link_reports());
                 }
                 Inspect::Node(reply) => {
                     let _ = reply.send(worker.node_counts());
@@ -748,6 +773,11 @@ async fn worker_task(
                 }
             }
             _ = load_tick.tick() => worker.publish_load(Instant::now(), unix_ms()),
+            _ = link_tick.tick(), if pipe.is_some() => {
+                if let Some(pipe) = &pipe {
+                    feed_link_samples(&mut worker, pipe);
+                }
+            }
             _ = sleep => worker.handle_timeout(Instant::now()),
         }
         let mut stuck: Vec<SessionId> = Vec::new();

@@ -112,6 +112,7 @@ async fn links_show_rtt_loss_bitrate_and_piped_producers_on_both_ends() {
         eprintln!("a -> b: {la}");
         assert_eq!(la["up"], true, "{la}");
         assert_eq!(la["pipedStreamsIn"], 0, "{la}");
+        assert_eq!(la["shedLayers"], 0, "a loopback link sheds nothing: {la}");
         let rtt = num(&la, "rttMs");
         assert!(rtt > 0.0 && rtt < 100.0, "loopback RTT: {la}");
         assert!(
@@ -162,6 +163,12 @@ async fn links_show_rtt_loss_bitrate_and_piped_producers_on_both_ends() {
                 &format!("pipemesh_pipe_lost_packets_total{{peer=\"{peer}\"}}"),
             );
             assert!(sent > 0.0 && lost <= sent, "sent {sent}, lost {lost}");
+            let shed = sample(
+                &text,
+                &format!("pipemesh_pipe_shed_layers{{peer=\"{peer}\"}}"),
+            );
+            assert_eq!(shed, 0.0, "a loopback link sheds nothing");
+            assert_eq!(sample(&text, "pipemesh_pipe_shed_packets_total"), 0.0);
         }
 
         // Nobody consumes any more: once the subscription's linger is over, nothing is piped.

@@ -64,6 +64,8 @@ pub struct LinkReport {
     pub piped_streams_out: Option<u64>,
     /// The peer's producers piped here.
     pub piped_streams_in: Option<u64>,
+    /// Upper simulcast layers withheld from the peer (the link is congested).
+    pub shed_layers: Option<u64>,
 }
 
 /// The mesh.
@@ -152,6 +154,8 @@ pub struct Direction {
     pub received_bps: Option<u64>,
     /// Producers piped this way, as the receiver counts them.
     pub streams_received: Option<u64>,
+    /// Upper simulcast layers the sender withholds this way because the link is congested.
+    pub shed_layers: Option<u64>,
 }
 
 impl Direction {
@@ -166,7 +170,13 @@ impl Direction {
             streams: sent_streams.or(streams_received),
             received_bps,
             streams_received,
+            shed_layers: sender.and_then(|s| s.shed_layers),
         }
+    }
+
+    /// The sender withholds upper simulcast layers this way.
+    pub fn shedding(&self) -> bool {
+        self.shed_layers.is_some_and(|n| n > 0)
     }
 
     /// Both ends count the streams, differently (for a moment, while a pipe opens or closes).
@@ -357,9 +367,13 @@ impl Link {
 }
 
 fn streams_cell(d: &Direction) -> String {
-    match (d.streams, d.streams_received) {
+    let streams = match (d.streams, d.streams_received) {
         (Some(s), Some(r)) if s != r => format!("{s}/{r}"),
         (s, _) => or_dash(s, |s| s.to_string()),
+    };
+    match d.shed_layers {
+        Some(n) if n > 0 => format!("{streams} (shed {n})"),
+        _ => streams,
     }
 }
 
@@ -423,6 +437,14 @@ pub fn render(t: &Topology) -> String {
         .any(|l| l.a_to_b.streams_disagree() || l.b_to_a.streams_disagree())
     {
         out.push_str("(STREAMS s/r: the sender counts s, the receiver r)\n");
+    }
+    if t.links
+        .iter()
+        .any(|l| l.a_to_b.shedding() || l.b_to_a.shedding())
+    {
+        out.push_str(
+            "(shed n: the link is congested; the sender withholds the top n simulcast layers)\n",
+        );
     }
     out
 }
@@ -618,6 +640,7 @@ mod tests {
                 streams: Some(2),
                 received_bps: Some(1_470_000),
                 streams_received: Some(1),
+                shed_layers: None,
             }
         );
         assert!(l.a_to_b.streams_disagree());
@@ -741,6 +764,35 @@ mod tests {
             lines[10],
             "(STREAMS s/r: the sender counts s, the receiver r)"
         );
+    }
+
+    #[test]
+    fn shed_layers_show_in_the_streams_cell() {
+        let mut answers = answers();
+        answers.insert(
+            NodeId::from("n2"),
+            report(
+                r#"{"nodeId":"n2","links":[
+                {"peer":"n1","up":true,"rttMs":0.6,"bitrateOutBps":2500,"pipedStreamsOut":3,
+                 "pipedStreamsIn":2,"shedLayers":1}]}"#,
+            ),
+        );
+        let t = topology(&snapshot(), &answers);
+        let l = &t.links[0];
+        assert_eq!(l.b_to_a.shed_layers, Some(1));
+        assert_eq!(l.a_to_b.shed_layers, None, "n1 reports no shedding field");
+        let text = render(&t);
+        let row = text
+            .lines()
+            .find(|r| r.starts_with("n1   n2 "))
+            .expect("the n1-n2 row");
+        assert!(row.ends_with("3/0 (shed 1)"), "{row}");
+        assert!(text.ends_with(
+            "(shed n: the link is congested; the sender withholds the top n simulcast layers)\n"
+        ));
+        let json = serde_json::to_value(&t).unwrap();
+        assert_eq!(json["links"][0]["bToA"]["shedLayers"], 1);
+        assert!(render_dot(&t).contains("3/0 (shed 1) streams"));
     }
 
     #[test]

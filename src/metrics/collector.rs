@@ -430,6 +430,16 @@ fn encode_links(e: &mut DescriptorEncoder, links: &[(String, LinkStats)]) -> fmt
     )?;
     gauge_family(
         e,
+        "pipe_shed_layers",
+        "Upper simulcast layers withheld from the peer because the link is congested (0: every layer flows).",
+        None,
+        links
+            .iter()
+            .map(|(p, st)| ([("peer", p.as_str())], u64::from(st.shed_layers)))
+            .collect(),
+    )?;
+    gauge_family(
+        e,
         "pipe_congestion_window",
         "Congestion window of the link's QUIC connection.",
         Some(&Unit::Bytes),

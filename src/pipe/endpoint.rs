@@ -219,6 +219,10 @@ pub struct LinkStats {
     pub bitrate_out_bps: u64,
     /// When the current connection came up (handshake done), in Unix milliseconds.
     pub up_since_ms: Option<u64>,
+    /// Upper simulcast layers the worker withholds from the peer because the link is
+    /// congested ([`crate::pipe::shedding`]), as the glue last recorded it
+    /// ([`PipeHandle::set_shed_layers`]).
+    pub shed_layers: u8,
 }
 
 /// One remote node: its link (when up), counters, and why it is known.
@@ -458,6 +462,12 @@ impl PipeHandle {
     /// the last sample.
     pub fn stats(&self, node_id: &str) -> Option<LinkStats> {
         self.shared.with_slot(node_id, |s| s.snapshot())
+    }
+
+    /// Records the layers the worker sheds toward `node_id` (for [`LinkStats::shed_layers`]).
+    pub fn set_shed_layers(&self, node_id: &str, layers: u8) {
+        self.shared
+            .with_slot(node_id, |s| s.stats.shed_layers = layers);
     }
 
     /// Every node with a slot (static, wanted or accepted, until forgotten), sorted.

@@ -21,6 +21,11 @@
 //! * A spatial layer with no packet for `inactivity_timeout` is inactive. The target is the
 //!   best active, affordable layer at or below the preferred one, else the lowest active one
 //!   above it, else (nothing affordable) the lowest active layer.
+//! * A spatial limit ([`SimulcastSelector::set_spatial_limit`]: the layers above it are
+//!   withheld upstream, e.g. shed by a congested pipe link) keeps the target at or below it
+//!   at once, without waiting for the inactivity timeout, and ignores stray packets of the
+//!   withheld layers still in flight. Only when no layer within the limit is active does the
+//!   target fall back to what is active above it.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -115,6 +120,8 @@ pub struct SimulcastSelector {
     current_temporal: Option<u8>,
     target_spatial: Option<u8>,
     target_temporal: u8,
+    /// Highest spatial layer available upstream (`None`: all).
+    spatial_limit: Option<u8>,
     events: VecDeque<SimulcastEvent>,
 }
 
@@ -137,6 +144,7 @@ impl SimulcastSelector {
             current_temporal: None,
             target_spatial: None,
             target_temporal: num_temporal - 1,
+            spatial_limit: None,
             // Holds at most one request per layer plus one LayersChanged.
             events: VecDeque::with_capacity(MAX_SPATIAL_LAYERS + 1),
         }
@@ -170,6 +178,23 @@ impl SimulcastSelector {
             l.bitrate = bps;
             self.recompute(now);
         }
+    }
+
+    /// The highest spatial layer available upstream (`None`: every layer); see the module
+    /// docs. A change of limit retargets at once (keyframe request included); when the
+    /// current layer is above a new limit and nothing within it is active, nothing is
+    /// forwarded until a layer within it is.
+    pub fn set_spatial_limit(&mut self, now: Instant, limit: Option<u8>) {
+        if self.spatial_limit == limit {
+            return;
+        }
+        self.spatial_limit = limit;
+        self.recompute(now);
+    }
+
+    /// The highest spatial layer available upstream (`None`: every layer).
+    pub fn spatial_limit(&self) -> Option<u8> {
+        self.spatial_limit
     }
 
     /// Bandwidth available to this consumer (bits/s); `None` = unlimited.
@@ -285,11 +310,15 @@ impl SimulcastSelector {
             (Some(avail), Some(rate)) => rate <= avail,
             _ => true,
         };
-        (0..=pref)
-            .rev()
-            .find(|&s| active(s) && affordable(s))
-            .or_else(|| (pref + 1..n).find(|&s| active(s) && affordable(s)))
-            .or_else(|| (0..n).find(|&s| active(s)))
+        let within = |s: u8| self.spatial_limit.is_none_or(|l| s <= l);
+        let pick = |ok: &dyn Fn(u8) -> bool| {
+            (0..=pref)
+                .rev()
+                .find(|&s| ok(s) && active(s) && affordable(s))
+                .or_else(|| (pref + 1..n).find(|&s| ok(s) && active(s) && affordable(s)))
+                .or_else(|| (0..n).find(|&s| ok(s) && active(s)))
+        };
+        pick(&within).or_else(|| pick(&|_| true))
     }
 
     fn recompute(&mut self, now: Instant) {
@@ -491,6 +520,43 @@ mod tests {
         );
         assert_eq!(s.target_layers(), Some((2, 2)));
         assert!(key_requests(&events(&mut s)).contains(&2));
+    }
+
+    #[test]
+    fn spatial_limit_retargets_at_once_and_ignores_stray_packets_above_it() {
+        let t = Instant::now();
+        let mut s = running(t);
+        assert_eq!(s.current_layers().map(|l| l.0), Some(2));
+        events(&mut s);
+        // Layer 2 is withheld upstream: target 1 now, not after the inactivity timeout.
+        let t = t + 600 * MS;
+        s.set_spatial_limit(t, Some(1));
+        assert_eq!(s.spatial_limit(), Some(1));
+        assert_eq!(s.target_layers().map(|l| l.0), Some(1));
+        assert_eq!(key_requests(&events(&mut s)), vec![1]);
+        // A packet of layer 2 still in flight does not pull the target back up.
+        let t1 = t + 10 * MS;
+        assert_eq!(
+            s.should_forward(t1, &p(2, 0, false, false)),
+            Forward::Forward
+        );
+        assert_eq!(s.target_layers().map(|l| l.0), Some(1));
+        assert_eq!(s.should_forward(t1, &p(1, 0, true, false)), Forward::Switch);
+        assert_eq!(s.current_layers().map(|l| l.0), Some(1));
+        assert_eq!(s.should_forward(t1, &p(2, 0, true, false)), Forward::Ignore);
+        // Down to layer 0.
+        s.set_spatial_limit(t1, Some(0));
+        assert_eq!(s.target_layers().map(|l| l.0), Some(0));
+        // Lifted: layer 2, still active, is the target again.
+        s.set_spatial_limit(t1, None);
+        assert_eq!(s.target_layers().map(|l| l.0), Some(2));
+        assert!(key_requests(&events(&mut s)).contains(&2));
+        // Nothing active within the limit: what is active above it is better than nothing.
+        let t = Instant::now();
+        let mut s = SimulcastSelector::new(SimulcastConfig::default(), 3, 1);
+        s.should_forward(t, &p(2, 0, false, false));
+        s.set_spatial_limit(t, Some(1));
+        assert_eq!(s.target_layers().map(|l| l.0), Some(2));
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod media;
 mod pipe;
 pub mod report;
 mod room;
+mod shed;
 mod transport;
 
 use std::collections::{HashMap, VecDeque};
@@ -239,6 +240,7 @@ counters! {
     pipe_rtp_sent: "RTP packets sent into pipes (one per packet per subscribed node).",
     pipe_rtp_received: "RTP packets received from pipes.",
     pipe_rtp_retransmitted: "RTP packets resent into pipes on a far node's NACK.",
+    pipe_shed_packets: "RTP packets not piped to a node because its congested link sheds their simulcast layer (one per packet per node).",
     pipe_unknown_stream: "Pipe datagrams naming no stream subscribed (late or stray).",
     pipe_malformed: "Pipe datagrams or RTCP in them that did not parse.",
     pipe_control_refused: "Pipe control messages refused (unknown room, producer or request).",

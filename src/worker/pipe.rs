@@ -73,6 +73,9 @@ pub(super) struct Pipes {
     next_stream_id: u64,
     /// Earliest pipe timer, as of the last change.
     deadline: Option<Instant>,
+    /// Upper simulcast layers withheld from congested links (origin and relay side), and
+    /// those other nodes withhold from this one (far side).
+    pub(super) shed: super::shed::ShedState,
 }
 
 impl Pipes {
@@ -106,6 +109,11 @@ impl Pipes {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Whether the link to `node` is up.
+    pub(super) fn is_up(&self, node: &NodeId) -> bool {
+        self.up.contains(node)
     }
 
     /// Pipe links up.
@@ -208,6 +216,10 @@ impl Worker {
             self.pipes.down_since.insert(node.clone(), now);
         }
         self.directory.link_down(node);
+        self.pipes.shed.forget(node);
+        if self.pipes.shed.limited_by(node) > 0 {
+            self.far_shed(now, node, 0);
+        }
         if let Some(s) = self.pipes.links.get_mut(node) {
             s.on_link_down(now);
         }
@@ -443,6 +455,7 @@ impl Worker {
                     }
                 }
             }
+            M::ShedLayers { layers } => self.far_shed(now, node, layers),
             M::Ping { nonce } => self.outputs.push_back(Output::PipeControl {
                 node: node.clone(),
                 msg: M::Pong { nonce },
@@ -471,40 +484,42 @@ impl Worker {
         };
         match dg.kind {
             DatagramKind::Rtp => {
-                let key = (node.clone(), dg.stream_id);
-                let Some((room_id, producer, encoding)) = self.pipes.inbound.get(&key) else {
-                    self.counters
-                        .pipe_unknown_stream
-                        .fetch_add(1, Ordering::Relaxed);
-                    return;
-                };
-                if RtpView::parse(dg.packet).is_err() {
-                    self.counters.pipe_malformed.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                self.counters
-                    .pipe_rtp_received
-                    .fetch_add(1, Ordering::Relaxed);
-                let sref = StreamRef {
-                    producer: producer.clone(),
-                    encoding: *encoding,
-                    rtx: false,
-                };
                 let Worker {
                     rooms,
                     transports,
                     outputs,
                     counters,
                     scratch,
+                    pipes,
                     ..
                 } = self;
+                let pipes: &Pipes = pipes;
+                let key = (node.clone(), dg.stream_id);
+                let Some((room_id, producer, encoding)) = pipes.inbound.get(&key) else {
+                    counters.pipe_unknown_stream.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                if RtpView::parse(dg.packet).is_err() {
+                    counters.pipe_malformed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                counters.pipe_rtp_received.fetch_add(1, Ordering::Relaxed);
+                let sref = StreamRef {
+                    producer: producer.clone(),
+                    encoding: *encoding,
+                    rtx: false,
+                };
                 let Some(room) = rooms.get_mut(room_id) else {
                     return;
                 };
-                // Relay: `forward` pipes it on once to every node subscribed here.
+                // Relay: `forward` pipes it on once to every node subscribed here (but the
+                // layers shed toward it).
                 scratch.clear();
                 scratch.extend_from_slice(dg.packet);
-                forward(room, transports, outputs, counters, now, &sref, scratch);
+                let shed = pipes.shed.levels();
+                forward(
+                    room, transports, outputs, counters, shed, now, &sref, scratch,
+                );
             }
             DatagramKind::RtcpFromFar => self.origin_rtcp(now, node, dg.stream_id, dg.packet),
             // Sender reports are not piped (consumers report from their own send statistics);
@@ -534,6 +549,11 @@ impl Worker {
         else {
             return;
         };
+        // Packets of a layer shed toward the node never crossed: not resent (see `shed`).
+        let shed = self
+            .pipes
+            .shed
+            .nack_withheld(now, node, encoding, p.pipe_stream_ids.len());
         let Some(buf) = p.pipe_buffers.get_mut(encoding) else {
             return;
         };
@@ -546,6 +566,9 @@ impl Worker {
             self.counters
                 .media
                 .pipe_feedback(PipeFeedback::Nack, Direction::In, 1);
+            if shed {
+                continue;
+            }
             buf.handle_nack(now, items.pairs(), &mut resend);
             for seq in resend.iter().copied() {
                 let Some(pkt) = buf.get(now, seq) else {

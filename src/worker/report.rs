@@ -295,3 +295,17 @@ fn producer_report(
         consumers: cons,
     }
 }
+
+/// One pipe link as the worker sees it ([`super::Worker::pipe_link_reports`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipeLinkReport {
+    /// The remote node.
+    pub node: NodeId,
+    /// Producers piped to it (local or relayed).
+    pub piped_out: usize,
+    /// Its producers piped here.
+    pub piped_in: usize,
+    /// Upper simulcast layers withheld from it because its link is congested
+    /// ([`crate::pipe::shedding`]).
+    pub shed_layers: u8,
+}

@@ -532,6 +532,16 @@ pub enum ControlMessage {
         /// The encoding index, or `None` for all encodings.
         encoding: Option<u8>,
     },
+    /// Sender (origin or relay) to far node: the link is congested and the sender withholds
+    /// the top `layers` simulcast layers of everything it pipes on it (0: every layer flows
+    /// again; see [`crate::pipe::shedding`]). Encoding `e` of a producer with `n` encodings is
+    /// withheld when `e >= max(1, n - layers)`. Advisory: the far node's layer selection stops
+    /// targeting the withheld layers at once instead of waiting for their silence. Older
+    /// nodes skip it.
+    ShedLayers {
+        /// Top layers withheld.
+        layers: u8,
+    },
     /// RTT probe; answered at once with [`ControlMessage::Pong`] carrying the same nonce.
     Ping {
         /// Chosen by the sender.
@@ -609,6 +619,7 @@ pub const MESSAGE_TYPES: &[&str] = &[
     "ProducerClosed",
     "ProducerScore",
     "KeyFrameRequest",
+    "ShedLayers",
     "Ping",
     "Pong",
     "RoomWatch",
@@ -637,6 +648,7 @@ impl ControlMessage {
             ControlMessage::ProducerClosed { .. } => "ProducerClosed",
             ControlMessage::ProducerScore { .. } => "ProducerScore",
             ControlMessage::KeyFrameRequest { .. } => "KeyFrameRequest",
+            ControlMessage::ShedLayers { .. } => "ShedLayers",
             ControlMessage::Ping { .. } => "Ping",
             ControlMessage::Pong { .. } => "Pong",
             ControlMessage::RoomWatch { .. } => "RoomWatch",

@@ -299,6 +299,7 @@ fn samples() -> Vec<ControlMessage> {
             producer_id: p(),
             encoding: Some(2),
         },
+        ShedLayers { layers: 2 },
         Ping { nonce: 0 },
         Pong { nonce: u64::MAX },
         RoomWatch { room_id: r() },

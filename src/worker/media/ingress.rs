@@ -84,6 +84,7 @@ fn handle_rtp(w: &mut Worker, now: Instant, id: &TransportId, data: &[u8]) {
         outputs,
         counters,
         scratch,
+        pipes,
         ..
     } = w;
     let Some(t) = transports.get_mut(id) else {
@@ -128,7 +129,10 @@ fn handle_rtp(w: &mut Worker, now: Instant, id: &TransportId, data: &[u8]) {
     let Some(room) = rooms.get_mut(&t.room) else {
         return;
     };
-    forward(room, transports, outputs, counters, now, &sref, scratch);
+    let shed = pipes.shed.levels();
+    forward(
+        room, transports, outputs, counters, shed, now, &sref, scratch,
+    );
 }
 
 /// Binds an unknown SSRC to a producer encoding by its MID and RID header extensions
@@ -177,11 +181,13 @@ fn learn_ssrc(
 
 /// Producer ingress and fan-out of one decrypted packet held in `pkt` (from a client
 /// transport or a pipe).
+#[allow(clippy::too_many_arguments)]
 pub(in crate::worker) fn forward(
     room: &mut Room,
     transports: &mut Transports,
     outputs: &mut Outputs,
     counters: &crate::worker::WorkerCounters,
+    shed: &std::collections::HashMap<NodeId, u8>,
     now: Instant,
     sref: &StreamRef,
     pkt: &mut Vec<u8>,
@@ -277,7 +283,7 @@ pub(in crate::worker) fn forward(
         },
     };
     if !p.piped_to.is_empty() {
-        pipe_out(p, now, encoding, &pkt[..len], outputs, counters);
+        pipe_out(p, now, encoding, &pkt[..len], outputs, counters, shed);
     }
     // Borrow the fan-out list out of the producer for the loop (no per-packet allocation).
     let consumers = std::mem::take(&mut p.consumers);

@@ -19,6 +19,7 @@ pub use consumer::Consumer;
 pub(super) use ingress::forward;
 pub use ingress::handle_packet;
 pub use producer::{PipeSource, Producer, Source};
+pub(super) use timers::limit_piped_layers;
 pub use timers::room_timeout;
 
 use std::sync::atomic::Ordering;
@@ -34,6 +35,7 @@ use crate::edge::demux::{classify, PacketClass};
 use crate::edge::ice::{IceOutcome, Tuple};
 use crate::ids::{ConsumerId, NodeId, PeerId, ProducerId, TransportId};
 use crate::metrics::{Direction, Feedback, PipeFeedback};
+use crate::pipe::shedding::withheld;
 use crate::pipe::wire::{datagram_header_len, write_datagram, ControlMessage, DatagramKind};
 use crate::router::keyframe::{self, VideoCodec, Vp8Rewriter};
 use crate::router::ortc;
@@ -215,7 +217,9 @@ pub(super) fn send_pipe_keyframe_request(
 /// Origin side: sends one packet of a producer encoding to every node it is piped to. The
 /// packet (already in router space) gets the encoding's consumable SSRC, which the far node's
 /// pipe producer expects, and is kept for the far nodes' NACKs. One datagram is built and
-/// shared by every link (stream ids are per origin, not per link).
+/// shared by every link (stream ids are per origin, not per link). Nodes whose link sheds the
+/// encoding's layer (`shed`: levels above 0, see [`crate::pipe::shedding::withheld`]) do not
+/// get it; it is still kept for the others' NACKs.
 pub(super) fn pipe_out(
     p: &mut Producer,
     now: Instant,
@@ -223,6 +227,7 @@ pub(super) fn pipe_out(
     packet: &[u8],
     outputs: &mut Outputs,
     counters: &crate::worker::WorkerCounters,
+    shed: &std::collections::HashMap<NodeId, u8>,
 ) {
     let (Some(&sid), Some(ssrc)) = (p.pipe_stream_ids.get(encoding), p.consumable_ssrc(encoding))
     else {
@@ -244,7 +249,16 @@ pub(super) fn pipe_out(
         let _ = buf.insert(now, u16::from_be_bytes([seq[0], seq[1]]), &dg[header..]);
     }
     let data = bytes::Bytes::from(dg);
+    let encodings = p.pipe_stream_ids.len();
     for node in &p.piped_to {
+        if !shed.is_empty()
+            && shed
+                .get(node)
+                .is_some_and(|&level| withheld(encoding, encodings, level))
+        {
+            counters.pipe_shed_packets.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         counters.pipe_rtp_sent.fetch_add(1, Ordering::Relaxed);
         outputs.push_back(Output::PipeDatagram {
             node: node.clone(),

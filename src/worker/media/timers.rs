@@ -161,27 +161,80 @@ fn simulcast_timeouts(
             continue;
         }
         sel.handle_timeout(now);
-        while let Some(ev) = sel.poll_event() {
-            match ev {
-                SimulcastEvent::RequestKeyFrame { spatial } => {
-                    if let Some(p) = producers.get_mut(&c.producer) {
-                        let reqs = p.request_keyframe(now, Some(spatial as usize));
-                        send_keyframe_requests(p, reqs, outputs, transports);
-                    }
+        selector_events(c, producers, peers, now, outputs, transports);
+    }
+}
+
+/// Acts on what a consumer's layer selector asks: keyframe requests to the producer, layer
+/// changes to the consuming peer.
+fn selector_events(
+    c: &mut Consumer,
+    producers: &mut std::collections::HashMap<ProducerId, Producer>,
+    peers: &std::collections::HashMap<PeerId, super::super::room::Peer>,
+    now: Instant,
+    outputs: &mut Outputs,
+    transports: &mut Transports,
+) {
+    let Some(sel) = c.selector.as_mut() else {
+        return;
+    };
+    while let Some(ev) = sel.poll_event() {
+        match ev {
+            SimulcastEvent::RequestKeyFrame { spatial } => {
+                if let Some(p) = producers.get_mut(&c.producer) {
+                    let reqs = p.request_keyframe(now, Some(spatial as usize));
+                    send_keyframe_requests(p, reqs, outputs, transports);
                 }
-                SimulcastEvent::LayersChanged { spatial, temporal } => {
-                    if let Some(peer) = peers.get(&c.peer) {
-                        outputs.push_back(Output::ToPeer {
-                            session: peer.session,
-                            msg: ToPeer::Notify {
-                                method: "consumerLayersChanged",
-                                data: json!({"consumerId": c.id, "spatialLayer": spatial, "temporalLayer": temporal}),
-                            },
-                        });
-                    }
+            }
+            SimulcastEvent::LayersChanged { spatial, temporal } => {
+                if let Some(peer) = peers.get(&c.peer) {
+                    outputs.push_back(Output::ToPeer {
+                        session: peer.session,
+                        msg: ToPeer::Notify {
+                            method: "consumerLayersChanged",
+                            data: json!({"consumerId": c.id, "spatialLayer": spatial, "temporalLayer": temporal}),
+                        },
+                    });
                 }
             }
         }
+    }
+}
+
+/// Far side: node `from` withholds the top `shed` simulcast layers of what it pipes here
+/// ([`ControlMessage::ShedLayers`]). The simulcast consumers of the pipe producers it feeds
+/// stop targeting those layers at once (0 lifts the limit).
+pub(in crate::worker) fn limit_piped_layers(
+    room: &mut Room,
+    now: Instant,
+    from: &NodeId,
+    shed: u8,
+    outputs: &mut Outputs,
+    transports: &mut Transports,
+) {
+    let Room {
+        producers,
+        consumers,
+        peers,
+        ..
+    } = room;
+    for c in consumers.values_mut() {
+        let Some(p) = producers.get(&c.producer) else {
+            continue;
+        };
+        if !matches!(&p.source, Source::Pipe(pipe) if pipe.node == *from) {
+            continue;
+        }
+        let n = p.streams_len();
+        let Some(sel) = c.selector.as_mut() else {
+            continue;
+        };
+        let limit = (shed > 0).then(|| {
+            let allowed = n.saturating_sub(usize::from(shed)).max(1);
+            u8::try_from(allowed - 1).unwrap_or(u8::MAX)
+        });
+        sel.set_spatial_limit(now, limit);
+        selector_events(c, producers, peers, now, outputs, transports);
     }
 }
 

@@ -1829,3 +1829,4 @@ fn subscribed_with_stream_ids_beyond_u32_is_refused() {
 mod relay;
 mod report;
 mod routing;
+mod shed;
