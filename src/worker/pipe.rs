@@ -456,6 +456,7 @@ impl Worker {
                 }
             }
             M::ShedLayers { layers } => self.far_shed(now, node, layers),
+            M::PathChanged { producer_id, path } => self.far_path_changed(node, &producer_id, path),
             M::Ping { nonce } => self.outputs.push_back(Output::PipeControl {
                 node: node.clone(),
                 msg: M::Pong { nonce },
@@ -796,6 +797,18 @@ impl Worker {
                 self.pipes
                     .paths
                     .insert((node.clone(), producer_id.clone()), path.clone());
+                // A relay whose stream now comes another way tells the nodes it pipes to.
+                if !pipe.path.is_empty() && pipe.path != path {
+                    for to in &p.piped_to {
+                        self.outputs.push_back(Output::PipeControl {
+                            node: to.clone(),
+                            msg: ControlMessage::PathChanged {
+                                producer_id: producer_id.clone(),
+                                path: path.clone(),
+                            },
+                        });
+                    }
+                }
                 pipe.path = path;
             }
             // Consumers resumed before the streams were set up could not ask for a keyframe
@@ -998,6 +1011,44 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// `node`, our upstream for `producer_id`, now gets it along `path`: record the new way
+    /// here and tell the nodes we pipe it to. A path through one of those (or through the
+    /// sender itself) would be a loop: refused, the old path stays, and the routing views,
+    /// which are loop-free once they agree, move the subscriptions.
+    fn far_path_changed(&mut self, node: &NodeId, producer_id: &ProducerId, path: Vec<NodeId>) {
+        let Some(p) = self.remote_producer_mut(producer_id, node) else {
+            return;
+        };
+        if path.contains(node) || path.iter().any(|n| p.piped_to.contains(n)) {
+            tracing::warn!(%node, producer = %producer_id, ?path, "PathChanged would close a loop; ignored");
+            self.refused("PathChanged that would close a loop");
+            return;
+        }
+        let mut full = path;
+        full.push(node.clone());
+        let Source::Pipe(pipe) = &mut p.source else {
+            return;
+        };
+        if pipe.path == full || pipe.stream_ids.is_empty() {
+            // Unchanged, or not subscribed (yet): the Subscribed answer carries the path.
+            return;
+        }
+        pipe.path = full.clone();
+        let downstream = p.piped_to.clone();
+        for to in downstream {
+            self.outputs.push_back(Output::PipeControl {
+                node: to,
+                msg: ControlMessage::PathChanged {
+                    producer_id: producer_id.clone(),
+                    path: full.clone(),
+                },
+            });
+        }
+        self.pipes
+            .paths
+            .insert((node.clone(), producer_id.clone()), full);
     }
 
     /// Relay: what the upstream `node` says about a producer this node relays goes on to the

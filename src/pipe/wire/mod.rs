@@ -542,6 +542,17 @@ pub enum ControlMessage {
         /// Top layers withheld.
         layers: u8,
     },
+    /// Relay to the nodes it pipes a producer to: the stream now reaches the relay another
+    /// way (its own upstream re-routed). The receiver, when the sender is its upstream for the
+    /// producer, records `path + [sender]` as in [`ControlMessage::Subscribed`] and passes the
+    /// news on to its own downstream nodes; a path through the receiver's downstream (a loop)
+    /// is refused. Older nodes skip it (their recorded paths then go stale, nothing else).
+    PathChanged {
+        /// The producer.
+        producer_id: ProducerId,
+        /// The sender's new path, origin first, without the sender.
+        path: Vec<NodeId>,
+    },
     /// RTT probe; answered at once with [`ControlMessage::Pong`] carrying the same nonce.
     Ping {
         /// Chosen by the sender.
@@ -620,6 +631,7 @@ pub const MESSAGE_TYPES: &[&str] = &[
     "ProducerScore",
     "KeyFrameRequest",
     "ShedLayers",
+    "PathChanged",
     "Ping",
     "Pong",
     "RoomWatch",
@@ -649,6 +661,7 @@ impl ControlMessage {
             ControlMessage::ProducerScore { .. } => "ProducerScore",
             ControlMessage::KeyFrameRequest { .. } => "KeyFrameRequest",
             ControlMessage::ShedLayers { .. } => "ShedLayers",
+            ControlMessage::PathChanged { .. } => "PathChanged",
             ControlMessage::Ping { .. } => "Ping",
             ControlMessage::Pong { .. } => "Pong",
             ControlMessage::RoomWatch { .. } => "RoomWatch",

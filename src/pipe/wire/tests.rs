@@ -300,6 +300,10 @@ fn samples() -> Vec<ControlMessage> {
             encoding: Some(2),
         },
         ShedLayers { layers: 2 },
+        PathChanged {
+            producer_id: p(),
+            path: vec![NodeId::from("a"), NodeId::from("b")],
+        },
         Ping { nonce: 0 },
         Pong { nonce: u64::MAX },
         RoomWatch { room_id: r() },

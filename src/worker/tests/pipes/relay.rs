@@ -162,3 +162,48 @@ fn relayed_producer_end_reaches_the_downstream_node() {
     );
     assert!(p.cl.n[B].w.pipe_stream_counts().is_empty());
 }
+
+#[test]
+fn a_relay_passes_its_new_path_on_and_refuses_a_looping_one() {
+    let mut p = Piped::opus();
+    let now = p.cl.now();
+    p.cl.n[B].w.handle_pipe_link_up(now, &NodeId::from(C));
+    p.cl.reset();
+    subscribe(&mut p, C, 7);
+    assert_eq!(to_c(&p.cl).len(), 1, "c is subscribed");
+    let changed = |path: &[&str]| ControlMessage::PathChanged {
+        producer_id: p.producer.clone(),
+        path: path.iter().map(|n| NodeId::from(*n)).collect(),
+    };
+
+    // a, b's upstream, now gets the stream through x: b's way is x, a; c hears it.
+    p.cl.stray.clear();
+    p.cl.inject_control(B, "node-a", changed(&["node-x"]));
+    assert_eq!(to_c(&p.cl), [changed(&["node-x", "node-a"])]);
+    // The same again changes nothing and tells nobody.
+    p.cl.stray.clear();
+    p.cl.inject_control(B, "node-a", changed(&["node-x"]));
+    assert!(to_c(&p.cl).is_empty());
+
+    // A path through c, which b pipes to, would be a loop: refused, c hears nothing.
+    let refused = p.cl.counters(B).pipe_control_refused.load(Relaxed);
+    p.cl.stray.clear();
+    p.cl.inject_control(B, "node-a", changed(&[C]));
+    assert!(to_c(&p.cl).is_empty());
+    assert_eq!(
+        p.cl.counters(B).pipe_control_refused.load(Relaxed),
+        refused + 1
+    );
+    // A node that is not b's upstream for the producer is not listened to.
+    p.cl.inject_control(B, "node-z", changed(&["node-y"]));
+    assert!(to_c(&p.cl).is_empty());
+    // c asking again gets the recorded way.
+    p.cl.reset();
+    subscribe(&mut p, C, 8);
+    let answers = to_c(&p.cl);
+    assert!(
+        matches!(&answers[..], [ControlMessage::Subscribed { path, .. }]
+            if path == &vec![NodeId::from("node-x"), NodeId::from("node-a")]),
+        "{answers:?}"
+    );
+}
