@@ -557,6 +557,9 @@ impl fmt::Display for StatsSnapshot {
         write!(f, " kbps={:.1}", self.kbps)?;
         if self.codec.is_video() {
             write!(f, " frames={} kf={}", self.frames, self.keyframes)?;
+            if let (Some(w), Some(h)) = (self.last_keyframe_width, self.last_keyframe_height) {
+                write!(f, " size={w}x{h}")?;
+            }
         }
         Ok(())
     }
@@ -863,7 +866,7 @@ mod tests {
         assert!((450.0..700.0).contains(&s.kbps), "{}", s.kbps);
         let line = s.to_string();
         assert!(line.starts_with("ssrc=466400 kind=video pkts="), "{line}");
-        assert!(line.contains("kf=3"), "{line}");
+        assert!(line.contains("kf=3 size=640x480"), "{line}");
     }
 
     /// The size of the last keyframe comes from its VP8 payload header: 3-byte frame tag,
