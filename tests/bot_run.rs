@@ -26,6 +26,7 @@ async fn run_reports_received_streams() {
             token: None,
             auth_secret_file: None,
             json_out: Some(json.clone()),
+            simulcast: None,
         };
         let before_ms = unix_ms();
         let s = run(args).await.expect("bot run");
@@ -113,6 +114,7 @@ async fn bots_mint_their_tokens_with_the_cluster_secret() {
             token,
             auth_secret_file: secret,
             json_out: None,
+            simulcast: None,
         };
         // Without a token the node refuses the bot before anything is allocated.
         let err = run(args(None, None, 1)).await.expect_err("refused");

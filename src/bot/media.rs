@@ -5,7 +5,7 @@
 //! The payloads are not decodable media, but every byte a middlebox looks at is well formed: the
 //! Opus TOC byte (RFC 6716 §3.1), the VP8 payload descriptor and payload header (RFC 7741 §4.2,
 //! §4.3, with a keyframe start code and dimensions), marker bits, per-frame timestamps, and the
-//! `mid` / transport-wide-cc / abs-send-time extensions. So the node's keyframe detection,
+//! `mid` / `rid` / transport-wide-cc / abs-send-time extensions. So the node's keyframe detection,
 //! simulcast/SVC logic and bandwidth estimation see what a browser would send.
 //!
 //! Each packet carries a 16-byte [`Probe`] (magic, sender wall clock, frame counter) at a fixed
@@ -67,8 +67,8 @@ pub enum MediaError {
     /// Two header extensions were configured with the same id.
     #[error("header extension id {0} configured twice")]
     DuplicateExtensionId(u8),
-    /// The MID must be 1..=16 bytes to fit one one-byte extension element.
-    #[error("mid of {0} bytes does not fit a one-byte extension (1..=16)")]
+    /// The MID (or RID) must be 1..=16 bytes to fit one one-byte extension element.
+    #[error("mid or rid of {0} bytes does not fit a one-byte extension (1..=16)")]
     InvalidMid(usize),
     /// An RTP payload type must be at most 127.
     #[error("payload type {0} above 127")]
@@ -283,6 +283,9 @@ impl TransportSeq {
 pub struct HeaderExtensions {
     /// `urn:ietf:params:rtp-hdrext:sdes:mid`: id and MID value (1..=16 bytes).
     pub mid: Option<(u8, String)>,
+    /// `urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id`: id and RID value (1..=16 bytes), for
+    /// a simulcast encoding.
+    pub rid: Option<(u8, String)>,
     /// `http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01`: id.
     pub transport_cc: Option<u8>,
     /// `http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time`: id.
@@ -293,6 +296,7 @@ impl HeaderExtensions {
     fn validate(&self) -> Result<(), MediaError> {
         let ids = [
             self.mid.as_ref().map(|(id, _)| *id),
+            self.rid.as_ref().map(|(id, _)| *id),
             self.transport_cc,
             self.abs_send_time,
         ];
@@ -305,9 +309,9 @@ impl HeaderExtensions {
                 return Err(MediaError::DuplicateExtensionId(id));
             }
         }
-        if let Some((_, mid)) = &self.mid {
-            if !(1..=16).contains(&mid.len()) {
-                return Err(MediaError::InvalidMid(mid.len()));
+        for (_, value) in self.mid.iter().chain(&self.rid) {
+            if !(1..=16).contains(&value.len()) {
+                return Err(MediaError::InvalidMid(value.len()));
             }
         }
         Ok(())
@@ -317,6 +321,7 @@ impl HeaderExtensions {
     /// 32-bit boundary; 0 if no extension is configured.
     fn block_len(&self) -> usize {
         let body = self.mid.as_ref().map_or(0, |(_, m)| 1 + m.len())
+            + self.rid.as_ref().map_or(0, |(_, r)| 1 + r.len())
             + self.transport_cc.map_or(0, |_| 3)
             + self.abs_send_time.map_or(0, |_| 4);
         if body == 0 {
@@ -396,14 +401,14 @@ impl RtpWriter {
         }
         let end = RTP_HEADER_LEN + self.ext_len;
         buf[12..14].copy_from_slice(&ONE_BYTE_PROFILE.to_be_bytes());
-        // ext_len is at most 4 + 28 bytes, so the word count fits easily.
+        // ext_len is at most 4 + 44 bytes, so the word count fits easily.
         let words = ((self.ext_len - 4) / 4) as u16;
         buf[14..16].copy_from_slice(&words.to_be_bytes());
         let mut i = 16;
-        if let Some((id, mid)) = &self.ext.mid {
-            buf[i] = (id << 4) | (mid.len() as u8 - 1);
-            buf[i + 1..i + 1 + mid.len()].copy_from_slice(mid.as_bytes());
-            i += 1 + mid.len();
+        for (id, value) in self.ext.mid.iter().chain(&self.ext.rid) {
+            buf[i] = (id << 4) | (value.len() as u8 - 1);
+            buf[i + 1..i + 1 + value.len()].copy_from_slice(value.as_bytes());
+            i += 1 + value.len();
         }
         if let Some(id) = self.ext.abs_send_time {
             // 6.18 fixed-point seconds. The NTP and UNIX epochs differ by a multiple of 64 s,
@@ -862,9 +867,45 @@ mod tests {
     fn exts() -> HeaderExtensions {
         HeaderExtensions {
             mid: Some((1, "video0".into())),
+            rid: None,
             transport_cc: Some(3),
             abs_send_time: Some(2),
         }
+    }
+
+    /// A simulcast layer writes mid and rid (RFC 8852) and its own keyframe size.
+    #[test]
+    fn simulcast_layer_writes_rid_and_its_size() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let t0 = Instant::now();
+        let mut c = VideoConfig::new(0x51);
+        c.extensions = exts();
+        c.extensions.rid = Some((4, "r0".into()));
+        (c.width, c.height) = (160, 120);
+        let mut src = VideoSource::new(c.clone(), t0, &mut rng).unwrap();
+        let pkts = drain_video(&mut src, t0, Duration::from_millis(100));
+        let first = parse(&pkts[0]);
+        assert_eq!(
+            first.header.get_extension(1).as_deref(),
+            Some(&b"video0"[..])
+        );
+        assert_eq!(first.header.get_extension(4).as_deref(), Some(&b"r0"[..]));
+        let h = parse_vp8(&first.payload).unwrap().frame_header.unwrap();
+        assert_eq!((h.keyframe, h.size), (true, Some((160, 120))));
+        // Every packet still parses, and rid values follow the mid limits.
+        assert!(pkts
+            .iter()
+            .all(|p| parse(p).header.get_extension(4).is_some()));
+        c.extensions.rid = Some((1, "r0".into()));
+        assert_eq!(
+            VideoSource::new(c.clone(), t0, &mut rng).unwrap_err(),
+            MediaError::DuplicateExtensionId(1)
+        );
+        c.extensions.rid = Some((4, String::new()));
+        assert_eq!(
+            VideoSource::new(c, t0, &mut rng).unwrap_err(),
+            MediaError::InvalidMid(0)
+        );
     }
 
     /// Runs `poll` at every due time until `end`, collecting packets.

@@ -58,6 +58,10 @@ pub struct BotArgs {
     /// (times in wall-clock ms since the UNIX epoch). Written when the run ends.
     #[arg(long, value_name = "FILE")]
     pub json_out: Option<std::path::PathBuf>,
+    /// Send the video as N VP8 simulcast encodings like Chrome's 640x480 camera (1..=3; rids
+    /// r0.., lowest first: 160x120 ~100 kbit/s, 320x240 ~300 kbit/s, 640x480 ~900 kbit/s).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=3))]
+    pub simulcast: Option<u8>,
 }
 
 /// The room token of bot `peer`: `--token` as given, or minted with the cluster secret when
@@ -167,6 +171,7 @@ pub async fn run(args: BotArgs) -> Result<Summary, BotError> {
         o.video = video;
         o.consume = args.consume;
         o.tcp = args.tcp;
+        o.simulcast = args.simulcast;
         o.token = bot_token(&args, &peer)?;
         bots.push(Bot::join(o).await?);
         joins.push((join_start_ms, unix_ms()));
@@ -342,5 +347,11 @@ mod tests {
         let c = Cli::parse_from(["x", "--produce", "none", "--consume"]);
         assert!(c.bot.consume);
         assert_eq!(c.bot.produce, "none");
+        assert_eq!(c.bot.simulcast, None);
+        let c = Cli::parse_from(["x", "--simulcast", "3"]);
+        assert_eq!(c.bot.simulcast, Some(3));
+        for bad in ["0", "4", "x"] {
+            assert!(Cli::try_parse_from(["x", "--simulcast", bad]).is_err());
+        }
     }
 }

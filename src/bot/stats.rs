@@ -97,6 +97,8 @@ pub struct RecvStats {
     keyframes: u64,
     /// Arrival of the first packet of the first VP8 keyframe.
     first_keyframe: Option<Instant>,
+    /// Picture size of the last VP8 keyframe (which simulcast layer arrives).
+    last_keyframe_size: Option<(u16, u16)>,
     frames: u64,
     /// (arrival that ended the gap, gap length) of gaps of at least [`LONG_GAP`].
     long_gaps: std::collections::VecDeque<(Instant, Duration)>,
@@ -129,6 +131,7 @@ impl RecvStats {
             rate: [(0, 0); RATE_BUCKETS],
             keyframes: 0,
             first_keyframe: None,
+            last_keyframe_size: None,
             frames: 0,
             long_gaps: std::collections::VecDeque::new(),
             arrivals: Vec::new(),
@@ -138,6 +141,12 @@ impl RecvStats {
     /// The SSRC these statistics are for.
     pub fn ssrc(&self) -> u32 {
         self.ssrc
+    }
+
+    /// Width and height of the last VP8 keyframe received (from its payload header, RFC 6386
+    /// §9.1): tells which simulcast layer a consumer gets.
+    pub fn last_keyframe_size(&self) -> Option<(u16, u16)> {
+        self.last_keyframe_size
     }
 
     /// When the last packet arrived (for stall detection).
@@ -204,9 +213,11 @@ impl RecvStats {
             self.probes += 1;
         }
         if self.codec == Codec::Vp8 {
-            let key = parse_vp8(pkt.payload())
-                .and_then(|v| v.frame_header)
-                .is_some_and(|h| h.keyframe);
+            let header = parse_vp8(pkt.payload()).and_then(|v| v.frame_header);
+            let key = header.is_some_and(|h| h.keyframe);
+            if let Some(size) = header.and_then(|h| h.size) {
+                self.last_keyframe_size = Some(size);
+            }
             self.keyframes += u64::from(key);
             if key && self.first_keyframe.is_none() {
                 self.first_keyframe = Some(now);
@@ -279,6 +290,8 @@ impl RecvStats {
             kbps: self.recent_kbps(elapsed),
             avg_kbps: kbps(self.bytes, elapsed),
             keyframes: self.keyframes,
+            last_keyframe_width: self.last_keyframe_size.map(|(w, _)| w),
+            last_keyframe_height: self.last_keyframe_size.map(|(_, h)| h),
             frames: self.frames,
             duration: elapsed,
         }
@@ -488,6 +501,10 @@ pub struct StatsSnapshot {
     pub avg_kbps: f64,
     /// VP8 keyframes seen.
     pub keyframes: u64,
+    /// Width of the last VP8 keyframe.
+    pub last_keyframe_width: Option<u16>,
+    /// Height of the last VP8 keyframe.
+    pub last_keyframe_height: Option<u16>,
     /// Video frames completed (marker bits).
     pub frames: u64,
     /// Time since the first packet.
@@ -540,6 +557,9 @@ impl fmt::Display for StatsSnapshot {
         write!(f, " kbps={:.1}", self.kbps)?;
         if self.codec.is_video() {
             write!(f, " frames={} kf={}", self.frames, self.keyframes)?;
+            if let (Some(w), Some(h)) = (self.last_keyframe_width, self.last_keyframe_height) {
+                write!(f, " size={w}x{h}")?;
+            }
         }
         Ok(())
     }
@@ -771,6 +791,7 @@ mod tests {
         let mut cfg = AudioConfig::new(0xa0d10);
         cfg.extensions = HeaderExtensions {
             mid: Some((1, "0".into())),
+            rid: None,
             transport_cc: Some(5),
             abs_send_time: None,
         };
@@ -832,6 +853,10 @@ mod tests {
         }
         let s = stats.snapshot(end);
         assert_eq!(s.keyframes, 3);
+        assert_eq!(
+            (s.last_keyframe_width, s.last_keyframe_height),
+            (Some(640), Some(480))
+        );
         assert_eq!(s.frames, 150 - dropped_markers);
         assert!(s.lost > 0 && s.lost as u64 <= sent / 50);
         assert_eq!(s.expected, sent);
@@ -841,7 +866,55 @@ mod tests {
         assert!((450.0..700.0).contains(&s.kbps), "{}", s.kbps);
         let line = s.to_string();
         assert!(line.starts_with("ssrc=466400 kind=video pkts="), "{line}");
-        assert!(line.contains("kf=3"), "{line}");
+        assert!(line.contains("kf=3 size=640x480"), "{line}");
+    }
+
+    /// The size of the last keyframe comes from its VP8 payload header: 3-byte frame tag,
+    /// start code 9d 01 2a, then 14-bit width and height, little endian (the top two bits
+    /// are scaling and are ignored). Interframes and other packets leave it as it is.
+    #[test]
+    fn last_keyframe_size_from_vp8_header() {
+        fn vp8(seq: u16, payload: &[u8]) -> Vec<u8> {
+            let mut b = rtp(seq, 0, true).to_vec();
+            b[12..].copy_from_slice(&[0; 8]); // no probe
+            b.truncate(12);
+            b.extend_from_slice(payload);
+            b
+        }
+        // Descriptor: X=1, S=1, PID=0; I=1; 15-bit PictureID.
+        let desc = [0x90, 0x80, 0x80, 0x01];
+        // Keyframe tag (P=0, show_frame), start code, 160 (scale 1) x 120 (scale 2).
+        let key = |w: u16, h: u16| {
+            let mut p = desc.to_vec();
+            p.extend_from_slice(&[0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a]);
+            p.extend_from_slice(&w.to_le_bytes());
+            p.extend_from_slice(&h.to_le_bytes());
+            p.extend_from_slice(&[0xaa; 20]);
+            p
+        };
+        let mut inter = desc.to_vec();
+        inter.extend_from_slice(&[0x11, 0x02, 0x00, 0xaa, 0xbb]);
+        let t0 = Instant::now();
+        let mut s = RecvStats::new(7, Codec::Vp8, 90_000);
+        assert_eq!(s.last_keyframe_size(), None);
+        let feed = |s: &mut RecvStats, b: &[u8]| s.on_packet(t0, 0, &RtpView::parse(b).unwrap());
+        feed(&mut s, &vp8(1, &inter));
+        assert_eq!(s.last_keyframe_size(), None);
+        feed(&mut s, &vp8(2, &key(160 | 0x4000, 120 | 0x8000)));
+        assert_eq!(s.last_keyframe_size(), Some((160, 120)));
+        feed(&mut s, &vp8(3, &inter));
+        // A keyframe claim without the start code is not a keyframe.
+        let mut bad = key(640, 480);
+        bad[7] = 0x9c;
+        feed(&mut s, &vp8(4, &bad));
+        assert_eq!(s.last_keyframe_size(), Some((160, 120)));
+        feed(&mut s, &vp8(5, &key(640, 480)));
+        let snap = s.snapshot(t0);
+        assert_eq!(snap.keyframes, 2);
+        assert_eq!(
+            (snap.last_keyframe_width, snap.last_keyframe_height),
+            (Some(640), Some(480))
+        );
     }
 
     #[test]

@@ -13,7 +13,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::ice::IceParameters;
-use super::params::{bot_rtp_capabilities, producer_rtp_parameters, ConsumerStream, TransportInfo};
+use super::params::{
+    bot_rtp_capabilities, producer_rtp_parameters, simulcast_rtp_parameters, ConsumerStream,
+    TransportInfo, MAX_SIMULCAST_LAYERS,
+};
 use super::protoo::{ServerMessage, SignalingClient};
 use super::transport::{BotTransport, SourceConfig, StreamStats};
 use super::BotError;
@@ -47,6 +50,9 @@ pub struct BotOptions {
     pub seed: u64,
     /// Room token (`pipemesh token`), sent as the `token` query parameter.
     pub token: Option<String>,
+    /// Send the video as this many VP8 simulcast encodings (1..=3, lowest first, rids `r0`..;
+    /// see [`super::SIMULCAST_LAYERS`]) instead of one plain stream.
+    pub simulcast: Option<u8>,
 }
 
 impl BotOptions {
@@ -63,6 +69,7 @@ impl BotOptions {
             tcp: false,
             seed: rand::rng().random(),
             token: None,
+            simulcast: None,
         }
     }
 }
@@ -90,8 +97,10 @@ pub struct ProducerInfo {
     pub id: String,
     /// Kind.
     pub kind: MediaKind,
-    /// SSRC sent.
+    /// SSRC sent (of the lowest encoding when simulcast).
     pub ssrc: u32,
+    /// SSRCs of every encoding, lowest first (one unless simulcast).
+    pub ssrcs: Vec<u32>,
 }
 
 /// One peer: signaling, a sending and/or a receiving transport, its producers and consumers.
@@ -124,6 +133,13 @@ impl Bot {
     /// Joins a room as mediasoup-demo does: capabilities, transports, `join`, then `produce`.
     /// Returns once the producers exist; media starts when each transport's DTLS completes.
     pub async fn join(opts: BotOptions) -> Result<Bot, BotError> {
+        if let Some(n) = opts.simulcast {
+            if !(1..=MAX_SIMULCAST_LAYERS).contains(&n) {
+                return Err(BotError::InvalidArgument(format!(
+                    "simulcast {n}: 1..={MAX_SIMULCAST_LAYERS} encodings"
+                )));
+            }
+        }
         let (signaling, mut server_rx) = SignalingClient::connect_with_token(
             &opts.server,
             &opts.room,
@@ -249,9 +265,76 @@ impl Bot {
             bot.produce(MediaKind::Audio, rng.random(), &cname).await?;
         }
         if opts.video {
-            bot.produce(MediaKind::Video, rng.random(), &cname).await?;
+            match opts.simulcast {
+                Some(n) => {
+                    let mut ssrcs: Vec<u32> = Vec::with_capacity(n.into());
+                    while ssrcs.len() < usize::from(n) {
+                        let s = rng.random();
+                        if !ssrcs.contains(&s) {
+                            ssrcs.push(s);
+                        }
+                    }
+                    bot.produce_simulcast(&ssrcs, &cname).await?;
+                }
+                None => bot.produce(MediaKind::Video, rng.random(), &cname).await?,
+            }
         }
         Ok(bot)
+    }
+
+    /// Sends `produce` and returns the producer id.
+    async fn request_produce(
+        &self,
+        send: &BotTransport,
+        kind: MediaKind,
+        rtp_parameters: &crate::router::rtp_parameters::RtpParameters,
+    ) -> Result<String, BotError> {
+        let v = self
+            .signaling
+            .request(
+                "produce",
+                json!({"transportId": send.id(), "kind": kind.as_str(),
+                       "rtpParameters": rtp_parameters, "appData": {}}),
+            )
+            .await?;
+        v.get("id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| BotError::Protocol {
+                what: "produce response",
+                reason: "no id".into(),
+            })
+    }
+
+    /// Produces VP8 with one encoding per SSRC, lowest first, each from its own source.
+    async fn produce_simulcast(&mut self, ssrcs: &[u32], cname: &str) -> Result<(), BotError> {
+        let send = self
+            .send
+            .clone()
+            .ok_or_else(|| BotError::InvalidArgument("no sending transport".into()))?;
+        let mid = self.producers.len().to_string();
+        let p = simulcast_rtp_parameters(&self.router_caps, &mid, ssrcs, cname)?;
+        let id = self
+            .request_produce(&send, MediaKind::Video, &p.rtp_parameters)
+            .await?;
+        let pt = p.rtp_parameters.codecs[0].payload_type; // built with exactly one codec
+        for e in p.encodings {
+            let mut c = VideoConfig::new(e.ssrc);
+            c.payload_type = pt;
+            c.extensions = e.extensions;
+            c.width = e.layer.width;
+            c.height = e.layer.height;
+            c.fps = e.layer.fps;
+            c.bitrate_bps = e.layer.bitrate_bps;
+            send.add_source(SourceConfig::Video(c)).await?;
+        }
+        self.producers.push(ProducerInfo {
+            id,
+            kind: MediaKind::Video,
+            ssrc: ssrcs[0],
+            ssrcs: ssrcs.to_vec(),
+        });
+        Ok(())
     }
 
     async fn produce(&mut self, kind: MediaKind, ssrc: u32, cname: &str) -> Result<(), BotError> {
@@ -261,22 +344,7 @@ impl Bot {
             .ok_or_else(|| BotError::InvalidArgument("no sending transport".into()))?;
         let mid = self.producers.len().to_string();
         let p = producer_rtp_parameters(&self.router_caps, kind, &mid, ssrc, cname)?;
-        let v = self
-            .signaling
-            .request(
-                "produce",
-                json!({"transportId": send.id(), "kind": kind.as_str(),
-                       "rtpParameters": p.rtp_parameters, "appData": {}}),
-            )
-            .await?;
-        let id = v
-            .get("id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| BotError::Protocol {
-                what: "produce response",
-                reason: "no id".into(),
-            })?
-            .to_owned();
+        let id = self.request_produce(send, kind, &p.rtp_parameters).await?;
         let pt = p.rtp_parameters.codecs[0].payload_type; // built with exactly one codec
         let cfg = match kind {
             MediaKind::Audio => {
@@ -293,7 +361,12 @@ impl Bot {
             }
         };
         send.add_source(cfg).await?;
-        self.producers.push(ProducerInfo { id, kind, ssrc });
+        self.producers.push(ProducerInfo {
+            id,
+            kind,
+            ssrc,
+            ssrcs: vec![ssrc],
+        });
         Ok(())
     }
 
@@ -430,6 +503,29 @@ impl Bot {
     /// `resumeProducer`.
     pub async fn resume_producer(&self, kind: MediaKind) -> Result<(), BotError> {
         self.producer_request("resumeProducer", kind)
+            .await
+            .map(|_| ())
+    }
+
+    /// `getProducerStats`: per encoding (`ssrc`, `rid`, `packetCount`, `score`, ...).
+    pub async fn producer_stats(&self, kind: MediaKind) -> Result<Value, BotError> {
+        self.producer_request("getProducerStats", kind).await
+    }
+
+    /// `setConsumerPreferredLayers` of a consumer (simulcast: the spatial layer is the
+    /// encoding index, lowest 0; `temporal` `None` for all).
+    pub async fn set_consumer_preferred_layers(
+        &self,
+        consumer_id: &str,
+        spatial: u8,
+        temporal: Option<u8>,
+    ) -> Result<(), BotError> {
+        let mut data = json!({"consumerId": consumer_id, "spatialLayer": spatial});
+        if let Some(t) = temporal {
+            data["temporalLayer"] = t.into();
+        }
+        self.signaling
+            .request("setConsumerPreferredLayers", data)
             .await
             .map(|_| ())
     }

@@ -7,7 +7,7 @@
 //!   incoming messages.
 //! - [`IceController`] (`ice.rs`): ICE controlling checks against an ICE-lite node (RFC 8445
 //!   §7.2.5 with aggressive nomination) and consent freshness (RFC 7675).
-//! - [`producer_rtp_parameters`], [`bot_rtp_capabilities`], [`ConsumerStream::from_request`],
+//! - [`producer_rtp_parameters`], [`simulcast_rtp_parameters`], [`bot_rtp_capabilities`], [`ConsumerStream::from_request`],
 //!   [`TransportInfo`] (`params.rs`): mediasoup ORTC objects built from the router's
 //!   capabilities and the node's responses.
 //!
@@ -32,8 +32,9 @@ mod transport;
 pub use bot::{Bot, BotEvent, BotOptions, ProducerInfo};
 pub use ice::{IceController, IceInput, IceParameters, IceState, ICE_MAX_PENDING};
 pub use params::{
-    bot_rtp_capabilities, producer_rtp_parameters, ConsumerStream, IceCandidate,
-    ProducerParameters, TransportInfo,
+    bot_rtp_capabilities, producer_rtp_parameters, simulcast_rtp_parameters, ConsumerStream,
+    IceCandidate, ProducerParameters, SimulcastEncoding, SimulcastLayer, SimulcastParameters,
+    TransportInfo, MAX_SIMULCAST_LAYERS, SIMULCAST_LAYERS,
 };
 pub use protoo::{
     signaling_url, signaling_url_with_token, Incoming, ProtooClientCore, ServerMessage,

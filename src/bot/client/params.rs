@@ -179,6 +179,144 @@ pub fn producer_rtp_parameters(
     })
 }
 
+/// Most simulcast encodings the bot sends.
+pub const MAX_SIMULCAST_LAYERS: u8 = 3;
+
+/// One simulcast encoding as Chrome sends a 640x480 camera with three encodings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimulcastLayer {
+    /// Picture width.
+    pub width: u16,
+    /// Picture height.
+    pub height: u16,
+    /// Frames per second.
+    pub fps: u32,
+    /// Target bitrate in bit/s (sent as the encoding's `maxBitrate`).
+    pub bitrate_bps: u32,
+    /// `scaleResolutionDownBy` relative to the top layer.
+    pub scale_down_by: f64,
+}
+
+/// The three layers, lowest first; with fewer encodings the top ones are used.
+pub const SIMULCAST_LAYERS: [SimulcastLayer; MAX_SIMULCAST_LAYERS as usize] = [
+    SimulcastLayer {
+        width: 160,
+        height: 120,
+        fps: 15,
+        bitrate_bps: 100_000,
+        scale_down_by: 4.0,
+    },
+    SimulcastLayer {
+        width: 320,
+        height: 240,
+        fps: 30,
+        bitrate_bps: 300_000,
+        scale_down_by: 2.0,
+    },
+    SimulcastLayer {
+        width: 640,
+        height: 480,
+        fps: 30,
+        bitrate_bps: 900_000,
+        scale_down_by: 1.0,
+    },
+];
+
+/// One encoding of a simulcast producer: what its source sends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimulcastEncoding {
+    /// Its SSRC.
+    pub ssrc: u32,
+    /// `r0`, `r1`, ... lowest first.
+    pub rid: String,
+    /// Size, rate and bitrate.
+    pub layer: SimulcastLayer,
+    /// Extension ids and values its source writes (mid, and rid when the router offers it).
+    pub extensions: HeaderExtensions,
+}
+
+/// A simulcast VP8 producer's `rtpParameters` and its encodings' sources.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimulcastParameters {
+    /// What `produce` carries.
+    pub rtp_parameters: RtpParameters,
+    /// One per encoding, lowest first, as in `rtp_parameters.encodings`.
+    pub encodings: Vec<SimulcastEncoding>,
+}
+
+/// Builds the `rtpParameters` of a VP8 simulcast producer with one encoding per SSRC in
+/// `ssrcs` (1..=[`MAX_SIMULCAST_LAYERS`]), lowest first as mediasoup-client sends them: rids
+/// `r0`, `r1`, ..., `scalabilityMode` L1T1, `maxBitrate` and `scaleResolutionDownBy` of the
+/// top `ssrcs.len()` entries of [`SIMULCAST_LAYERS`]. Unlike Chrome's rid-only encodings each
+/// also names its SSRC. Header extensions are those of [`producer_rtp_parameters`] plus
+/// rtp-stream-id when the router offers it, which each source then writes with its rid.
+pub fn simulcast_rtp_parameters(
+    router: &RtpCapabilities,
+    mid: &str,
+    ssrcs: &[u32],
+    cname: &str,
+) -> Result<SimulcastParameters, BotError> {
+    let n = ssrcs.len();
+    if !(1..=usize::from(MAX_SIMULCAST_LAYERS)).contains(&n) {
+        return Err(BotError::InvalidArgument(format!(
+            "{n} simulcast encodings (1..={MAX_SIMULCAST_LAYERS})"
+        )));
+    }
+    for (i, s) in ssrcs.iter().enumerate() {
+        if ssrcs[..i].contains(s) {
+            return Err(BotError::InvalidArgument(format!("ssrc {s} used twice")));
+        }
+    }
+    let base = producer_rtp_parameters(router, MediaKind::Video, mid, ssrcs[0], cname)?;
+    let mut rtp_parameters = base.rtp_parameters;
+    let rid_id = router
+        .header_extensions
+        .iter()
+        .find(|e| {
+            e.kind == MediaKind::Video
+                && e.uri == uri::RTP_STREAM_ID
+                && (1..=14).contains(&e.preferred_id)
+        })
+        .map(|e| e.preferred_id);
+    if let Some(id) = rid_id {
+        rtp_parameters
+            .header_extensions
+            .push(RtpHeaderExtensionParameters {
+                uri: uri::RTP_STREAM_ID.to_owned(),
+                id,
+                encrypt: false,
+                parameters: Default::default(),
+            });
+    }
+    let layers = &SIMULCAST_LAYERS[SIMULCAST_LAYERS.len() - n..];
+    let mut encodings = Vec::with_capacity(n);
+    rtp_parameters.encodings.clear();
+    for (i, (&ssrc, layer)) in ssrcs.iter().zip(layers).enumerate() {
+        let rid = format!("r{i}");
+        rtp_parameters.encodings.push(RtpEncodingParameters {
+            ssrc: Some(ssrc),
+            rid: Some(rid.clone()),
+            active: Some(true),
+            scalability_mode: Some("L1T1".to_owned()),
+            scale_resolution_down_by: Some(layer.scale_down_by),
+            max_bitrate: Some(layer.bitrate_bps),
+            ..Default::default()
+        });
+        let mut extensions = base.extensions.clone();
+        extensions.rid = rid_id.map(|id| (id, rid.clone()));
+        encodings.push(SimulcastEncoding {
+            ssrc,
+            rid,
+            layer: *layer,
+            extensions,
+        });
+    }
+    Ok(SimulcastParameters {
+        rtp_parameters,
+        encodings,
+    })
+}
+
 /// A consumer offered by `newConsumer`, reduced to what the receiver needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerStream {
@@ -313,6 +451,85 @@ mod tests {
             producer_rtp_parameters(&empty, MediaKind::Video, "1", 1, "c"),
             Err(BotError::MissingCodec(_))
         ));
+    }
+
+    #[test]
+    fn simulcast_parameters_three_encodings_lowest_first() {
+        let caps = router_caps();
+        let p = simulcast_rtp_parameters(&caps, "1", &[10, 20, 30], "cn").unwrap();
+        let rp = &p.rtp_parameters;
+        crate::router::ortc::validate_rtp_parameters(rp).unwrap();
+        assert_eq!(rp.mid.as_deref(), Some("1"));
+        assert!(rp.codecs[0].mime_type.eq_ignore_ascii_case("video/VP8"));
+        let enc: Vec<(Option<u32>, Option<&str>, Option<&str>)> = rp
+            .encodings
+            .iter()
+            .map(|e| (e.ssrc, e.rid.as_deref(), e.scalability_mode.as_deref()))
+            .collect();
+        assert_eq!(
+            enc,
+            vec![
+                (Some(10), Some("r0"), Some("L1T1")),
+                (Some(20), Some("r1"), Some("L1T1")),
+                (Some(30), Some("r2"), Some("L1T1")),
+            ]
+        );
+        let rates: Vec<Option<u32>> = rp.encodings.iter().map(|e| e.max_bitrate).collect();
+        assert_eq!(rates, vec![Some(100_000), Some(300_000), Some(900_000)]);
+        let scale: Vec<Option<f64>> = rp
+            .encodings
+            .iter()
+            .map(|e| e.scale_resolution_down_by)
+            .collect();
+        assert_eq!(scale, vec![Some(4.0), Some(2.0), Some(1.0)]);
+        // The rid extension is announced and each source writes its own rid and the mid.
+        let ext_id = |u: &str| {
+            rp.header_extensions
+                .iter()
+                .find(|e| e.uri == u)
+                .map(|e| e.id)
+        };
+        let rid_id = ext_id(uri::RTP_STREAM_ID).unwrap();
+        let mid_id = ext_id(uri::MID).unwrap();
+        let sizes: Vec<(u32, u16, u16)> = p
+            .encodings
+            .iter()
+            .map(|e| (e.ssrc, e.layer.width, e.layer.height))
+            .collect();
+        assert_eq!(sizes, vec![(10, 160, 120), (20, 320, 240), (30, 640, 480)]);
+        for (i, e) in p.encodings.iter().enumerate() {
+            assert_eq!(e.rid, format!("r{i}"));
+            assert_eq!(e.extensions.rid, Some((rid_id, e.rid.clone())));
+            assert_eq!(e.extensions.mid, Some((mid_id, "1".to_owned())));
+        }
+        // mediasoup-client's JSON.
+        let j = serde_json::to_value(rp).unwrap();
+        assert_eq!(j["encodings"][0]["rid"], "r0");
+        assert_eq!(j["encodings"][2]["scalabilityMode"], "L1T1");
+        assert_eq!(j["encodings"][1]["maxBitrate"], 300_000);
+
+        // Fewer layers take the top ones.
+        let two = simulcast_rtp_parameters(&caps, "1", &[1, 2], "cn").unwrap();
+        let sizes: Vec<(&str, u16)> = two
+            .encodings
+            .iter()
+            .map(|e| (e.rid.as_str(), e.layer.width))
+            .collect();
+        assert_eq!(sizes, vec![("r0", 320), ("r1", 640)]);
+        // No rid extension offered: encodings keep their rids, sources write none.
+        let mut no_rid = caps.clone();
+        no_rid
+            .header_extensions
+            .retain(|e| e.uri != uri::RTP_STREAM_ID);
+        let p = simulcast_rtp_parameters(&no_rid, "1", &[1, 2, 3], "cn").unwrap();
+        assert!(p.encodings.iter().all(|e| e.extensions.rid.is_none()));
+        assert_eq!(p.rtp_parameters.encodings[2].rid.as_deref(), Some("r2"));
+        for bad in [&[][..], &[1, 2, 3, 4][..], &[5, 5][..]] {
+            assert!(matches!(
+                simulcast_rtp_parameters(&caps, "1", bad, "cn"),
+                Err(BotError::InvalidArgument(_))
+            ));
+        }
     }
 
     #[test]
