@@ -356,6 +356,8 @@ impl RecvStats {
                 })
                 .collect(),
             arrivals_100ms: self.arrivals.clone(),
+            last_keyframe_width: snap.last_keyframe_width,
+            last_keyframe_height: snap.last_keyframe_height,
         }
     }
 
@@ -421,6 +423,12 @@ pub struct StreamExport {
     /// Packets received per [`ARRIVAL_BUCKET`] (100 ms), the first bucket starting at
     /// `first_packet_ms`.
     pub arrivals_100ms: Vec<u32>,
+    /// Width of the last VP8 keyframe (which simulcast layer arrives).
+    #[serde(default)]
+    pub last_keyframe_width: Option<u16>,
+    /// Height of the last VP8 keyframe.
+    #[serde(default)]
+    pub last_keyframe_height: Option<u16>,
 }
 
 /// An interarrival gap in a [`StreamExport`].

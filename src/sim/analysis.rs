@@ -259,6 +259,8 @@ mod tests {
                 owd_samples: 0,
                 long_gaps: Vec::new(),
                 arrivals_100ms: Vec::new(),
+                last_keyframe_width: None,
+                last_keyframe_height: None,
             },
         }
     }

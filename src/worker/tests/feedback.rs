@@ -402,9 +402,9 @@ fn nacks_to_alice(r: &mut VideoRoom, span: Duration) -> Vec<u16> {
         for item in parse_compound(p).expect("valid RTCP") {
             if let RtcpItem::Nack { items, .. } = item {
                 seqs.extend(items.pairs().flat_map(|(pid, blp)| {
-                    (0..17u16).filter_map(move |i| {
-                        (i == 0 || blp & (1 << (i - 1)) != 0).then(|| pid.wrapping_add(i))
-                    })
+                    (0..17u16)
+                        .filter(move |&i| i == 0 || blp & (1 << (i - 1)) != 0)
+                        .map(move |i| pid.wrapping_add(i))
                 }));
             }
         }
