@@ -18,7 +18,8 @@
 # Environment: as netns.sh (PM_SUFFIX, PM_RUN_DIR, PM_WAN_BIN), plus PIPEMESH_BIN (default
 # <cargo target dir>/debug/pipemesh, built if missing), PM_CLUSTER_DIR (logs, pids, etcd
 # data, certificates; default /tmp/pipemesh-sim$PM_SUFFIX) and PM_ROUTING (`tree` or `mesh`:
-# the nodes' --routing; default: the nodes' default, tree). Ports on each node's address:
+# the nodes' --routing; default: the nodes' default, tree) and PM_NODE_ARGS (more `pipemesh
+# serve` flags for every node, split on spaces, e.g. "--pipe-layer-shedding false"). Ports on each node's address:
 # media 40000 (UDP and TCP), pipe 7000 (QUIC), admin 9090; signaling 444K for node K of a
 # region, on 0.0.0.0 (published as ws://10.77.N.1K:444K) so bots can use loopback.
 set -euo pipefail
@@ -106,7 +107,8 @@ up() {
     --initial-cluster sim=http://10.77.0.1:2380 >"$DIR/etcd.log" 2>&1 </dev/null &
   echo $! >"$DIR/pids/etcd"
   wait_for "pm-wan$S" "$ETCD/health" etcd
-  local ids=() i r n k id ip routing=()
+  local ids=() i r n k id ip routing=() extra=()
+  read -r -a extra <<<"${PM_NODE_ARGS:-}"
   case "${PM_ROUTING:-}" in
     '') ;;
     tree | mesh) routing=(--routing "$PM_ROUTING") ;;
@@ -127,7 +129,7 @@ up() {
         --rtc-listen "$ip:40000" --announced-address "$ip" \
         --admin-listen "$ip:9090" --pipe-listen "$ip:7000" \
         --admin-token-file "$DIR/admin-token" --cluster-ca "$DIR/pki/ca.pem" \
-        --node-cert "$DIR/pki/$id.pem" --node-key "$DIR/pki/$id.key" "${routing[@]}" \
+        --node-cert "$DIR/pki/$id.pem" --node-key "$DIR/pki/$id.key" "${routing[@]}" "${extra[@]}" \
         >"$DIR/$id.log" 2>&1 </dev/null &
       echo $! >"$DIR/pids/$id"
     done

@@ -71,6 +71,10 @@ pub struct Config {
     /// How producers are piped between nodes: `tree` (each producer enters each other region
     /// once, through a relay there) or `mesh` (every node pipes from the origin).
     pub routing: crate::discovery::routing::RoutingMode,
+    /// Withhold upper simulcast layers toward a node whose pipe link is congested (loss or
+    /// queueing delay rising; see `pipe::shedding`). `false` pipes every layer whatever the
+    /// link does.
+    pub pipe_layer_shedding: bool,
     /// `tracing` filter, e.g. `info` or `pipemesh=debug,info`.
     pub log: String,
     /// Directory served at `/` on the signaling listener (the demo page), if it exists.
@@ -202,6 +206,7 @@ impl Default for Config {
             node_id: default_node_id(),
             region: "default".into(),
             routing: crate::discovery::routing::RoutingMode::Tree,
+            pipe_layer_shedding: true,
             log: "info,dtls=error".into(),
             web_root: None,
             consent_timeout_secs: 30,
@@ -280,6 +285,9 @@ pub struct ServeArgs {
     /// Routing of producers between nodes: tree or mesh [default: tree]
     #[arg(long, env = "PIPEMESH_ROUTING", value_name = "tree|mesh")]
     pub routing: Option<crate::discovery::routing::RoutingMode>,
+    /// Shed upper simulcast layers toward nodes whose pipe link is congested [default: true]
+    #[arg(long, env = "PIPEMESH_PIPE_LAYER_SHEDDING", value_name = "true|false")]
+    pub pipe_layer_shedding: Option<bool>,
     /// Log filter [default: info]
     #[arg(long, env = "PIPEMESH_LOG")]
     pub log: Option<String>,
@@ -454,6 +462,9 @@ impl Config {
         }
         if let Some(v) = a.routing {
             self.routing = v;
+        }
+        if let Some(v) = a.pipe_layer_shedding {
+            self.pipe_layer_shedding = v;
         }
         if let Some(v) = &a.log {
             self.log = v.clone();
@@ -961,6 +972,14 @@ mod tests {
             <Cli as clap::Parser>::try_parse_from(["serve", "--routing", "mesh"]).expect("parses");
         assert_eq!(cli.serve.routing, Some(RoutingMode::Mesh));
         assert!(<Cli as clap::Parser>::try_parse_from(["serve", "--routing", "ring"]).is_err());
+        // Layer shedding: on unless turned off in the file or by the flag.
+        assert!(Config::default().pipe_layer_shedding);
+        let mut cfg = Config::from_toml("pipe_layer_shedding = false\n").unwrap();
+        assert!(!cfg.pipe_layer_shedding);
+        let cli = <Cli as clap::Parser>::try_parse_from(["serve", "--pipe-layer-shedding", "true"])
+            .expect("parses");
+        cfg.apply(&cli.serve);
+        assert!(cfg.pipe_layer_shedding);
     }
 
     #[test]

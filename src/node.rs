@@ -316,6 +316,7 @@ async fn start_node(
         registry_io,
         inspect_rx,
         counters.clone(),
+        cfg.pipe_layer_shedding,
         stop.subscribe(),
     ));
     tasks.spawn(tcp_accept(tcp, ev_tx, counters.clone(), stop.subscribe()));
@@ -650,6 +651,7 @@ async fn worker_task(
     )>,
     mut inspect: mpsc::Receiver<Inspect>,
     counters: Arc<NodeCounters>,
+    shedding: bool,
     mut stop: broadcast::Receiver<()>,
 ) {
     // When an operator's drain deadline passes, the sessions still open are closed.
@@ -773,7 +775,7 @@ async fn worker_task(
                 }
             }
             _ = load_tick.tick() => worker.publish_load(Instant::now(), unix_ms()),
-            _ = link_tick.tick(), if pipe.is_some() => {
+            _ = link_tick.tick(), if pipe.is_some() && shedding => {
                 if let Some(pipe) = &pipe {
                     feed_link_samples(&mut worker, pipe);
                 }

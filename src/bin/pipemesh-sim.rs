@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use pipemesh::sim::harness::Paths;
 use pipemesh::sim::scenarios::{
-    self, Common, LossySettings, RelayKillSettings, SpeakerSettings, Wan,
+    self, Common, CongestedSettings, LossySettings, RelayKillSettings, SpeakerSettings, Wan,
 };
 
 #[derive(Parser, Debug)]
@@ -94,6 +94,30 @@ enum Scenario {
         /// Seconds of lossy media measured.
         #[arg(long, default_value_t = 30.0)]
         window_secs: f64,
+    },
+    /// 4: one inter-region link limited below what the speaker's simulcast needs, with
+    /// layer shedding on and off: what the link delivers, listener loss and layers per region.
+    CongestedLink {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// The directed link limited (from eu, the speaker's region).
+        #[arg(long, default_value = "eu>us")]
+        link: String,
+        /// Its rate, kbit/s.
+        #[arg(long, default_value_t = 900.0)]
+        rate_kbps: f64,
+        /// Its queue, bytes.
+        #[arg(long, default_value_t = 60_000)]
+        queue_bytes: u64,
+        /// Seconds between the last join and the limit.
+        #[arg(long, default_value_t = 6.0)]
+        before_secs: f64,
+        /// Seconds measured under the limit.
+        #[arg(long, default_value_t = 30.0)]
+        window_secs: f64,
+        /// Runs, comma-separated: on (shedding, the default) and/or off.
+        #[arg(long, default_value = "on,off")]
+        shedding: String,
     },
 }
 
@@ -189,6 +213,40 @@ fn main() -> Result<()> {
                     loss,
                     delay_ms,
                     window_secs,
+                },
+            )?;
+            println!("{}", c.out.join("report.md").display());
+        }
+        Scenario::CongestedLink {
+            common: c,
+            link,
+            rate_kbps,
+            queue_bytes,
+            before_secs,
+            window_secs,
+            shedding,
+        } => {
+            let modes: Result<Vec<bool>> = shedding
+                .split(',')
+                .map(|m| match m.trim() {
+                    "on" => Ok(true),
+                    "off" => Ok(false),
+                    other => bail!("--shedding: on and/or off, not {other:?}"),
+                })
+                .collect();
+            if !(10.0..=10_000_000.0).contains(&rate_kbps) {
+                bail!("--rate-kbps must be within 10..=10000000");
+            }
+            let c = common(c)?;
+            scenarios::congested_link(
+                &c,
+                &CongestedSettings {
+                    link,
+                    rate_kbps,
+                    queue_bytes,
+                    before_secs,
+                    window_secs,
+                    shedding: modes?,
                 },
             )?;
             println!("{}", c.out.join("report.md").display());

@@ -28,11 +28,14 @@
 //!   [`ShedConfig::shed_step_interval`] (2 s): the effect of withholding a layer needs time to
 //!   show in the link's figures (the queue drains, the loss window moves on) before judging
 //!   whether another layer must go. The loss window (5 s) outlives that step, so while layers
-//!   are shed the loss that counts is the loss over the packets sent since the last change of
-//!   level (from the link's running totals, once [`ShedConfig::fresh_loss_min_packets`] were
-//!   sent; the window's figure until then): a shed that cured the loss is not followed by
-//!   another because the window still remembers the loss from before it. The first shed
-//!   judges the window: a whole window of packets keeps random loss from tripping it. The level is capped at `layers - 1`
+//!   are shed the loss that counts is the loss over the packets sent since the second sample
+//!   after the last change of level (what was queued before a change still drains, and is
+//!   dropped, for up to a queue's length after it; from the link's running totals, once [`ShedConfig::fresh_loss_min_packets`] were
+//!   sent; until then the loss is unknown: only the delay can shed further, and the link is
+//!   clean only if the window is): a shed that cured the loss is not followed by another because the window
+//!   still remembers the loss from before it, nor a relapse after a restore by a second shed
+//!   on the restore's own loss. The first shed judges the window: a whole window of packets
+//!   keeps random loss from tripping it. The level is capped at `layers - 1`
 //!   ([`LayerShedder::set_layers`]: the most encodings of any producer piped on the link) and
 //!   at [`ShedConfig::max_level`], so the lowest layer is never withheld.
 //! * **Restore** one layer after the link has been clean for the restore wait
@@ -146,8 +149,10 @@ pub struct LayerShedder {
     last_restore: Option<Instant>,
     clean_since: Option<Instant>,
     restore_wait: Duration,
-    /// Packet totals (sent, lost) at the last change of level.
+    /// Packet totals (sent, lost) at the second sample after the last change of level.
     baseline: Option<(u64, u64)>,
+    /// Samples until the baseline is taken (set by a change of level).
+    rebase_in: u8,
 }
 
 impl Default for LayerShedder {
@@ -169,6 +174,7 @@ impl LayerShedder {
             clean_since: None,
             restore_wait: cfg.restore_after,
             baseline: None,
+            rebase_in: 0,
             cfg,
         }
     }
@@ -256,10 +262,12 @@ impl LayerShedder {
         }
     }
 
-    fn changed(&mut self, now: Instant, sample: LinkSample) {
+    fn changed(&mut self, now: Instant, _sample: LinkSample) {
         self.last_change = Some(now);
-        self.baseline =
-            (sample.sent_packets > 0).then_some((sample.sent_packets, sample.lost_packets));
+        // Counted from the second sample after it: what was queued before the change is still
+        // being sent (and dropped) for a moment after it, up to the queue's length.
+        self.baseline = None;
+        self.rebase_in = 2;
     }
 
     /// Loss (percent) over the packets sent since the last change of level, once there are
@@ -282,8 +290,26 @@ impl LayerShedder {
         };
         // While shedding, the window still holds the loss from before the last change for a
         // few seconds: the loss since the change says whether it worked.
-        let loss = match self.fresh_loss(sample) {
-            Some(fresh) if self.level > 0 => fresh,
+        // Until enough packets went since the change, the loss is not known: the delay alone
+        // can shed further, and only a window without loss is clean (a relapse after a
+        // restore would otherwise shed a second layer on the restore's own loss).
+        if self.rebase_in > 0 {
+            self.rebase_in -= 1;
+            // Without counters (none sent yet) the window alone judges.
+            if self.rebase_in == 0 && sample.sent_packets > 0 {
+                self.baseline = Some((sample.sent_packets, sample.lost_packets));
+            }
+        }
+        if self
+            .baseline
+            .is_some_and(|(sent, lost)| sample.sent_packets < sent || sample.lost_packets < lost)
+        {
+            // The link's totals went backwards (they should not): count afresh from here.
+            self.baseline = Some((sample.sent_packets, sample.lost_packets));
+        }
+        let loss = match (self.level > 0, self.fresh_loss(sample)) {
+            (true, Some(fresh)) => fresh,
+            (true, None) if self.baseline.is_some() || self.rebase_in > 0 => 0.0,
             _ => window,
         };
         let mut delay_congested = false;
@@ -439,26 +465,40 @@ mod tests {
         };
         // Cured: no loss since the shed, so the window's memory does not shed again.
         assert_eq!(run_counted(0, &mut t), vec![(1, 1)]);
-        // Not cured: 10 % since the shed, the second layer goes 2 s later.
-        assert_eq!(run_counted(50, &mut t), vec![(1, 1), (3, 2)]);
-        // Too few packets since the shed to judge: the window decides.
+        // Not cured: 10 % since the shed, counted from the second sample after it (the first
+        // second drains what was queued), the second layer goes 3 s later.
+        assert_eq!(run_counted(50, &mut t), vec![(1, 1), (4, 2)]);
+        // Too few packets since the shed to judge: the window's old loss does not shed
+        // again (only the delay could), and the link is not clean either.
         let mut s = LayerShedder::default();
-        let few = |loss_percent: f64, sent: u64| LinkSample {
+        let few = |loss_percent: f64, sent: u64, rtt_us: u64| LinkSample {
             loss_percent,
-            rtt_us: 20_000,
+            rtt_us,
             sent_packets: sent,
             lost_packets: 0,
         };
         t += S;
-        assert_eq!(s.on_sample(t, few(10.0, 100)), Some(1));
+        assert_eq!(s.on_sample(t, few(10.0, 100, 20_000)), Some(1));
         t += 2 * S;
-        assert_eq!(s.on_sample(t, few(10.0, 150)), Some(2));
-        // Counters going backwards (a reset) fall back to the window too.
+        assert_eq!(s.on_sample(t, few(10.0, 150, 20_000)), None);
+        t += 2 * S;
+        assert_eq!(s.on_sample(t, few(10.0, 190, 400_000)), Some(2), "delay");
+        // Counters going backwards (a reset) re-base the count: unknown, then judged again.
         let mut s = LayerShedder::default();
         t += S;
-        assert_eq!(s.on_sample(t, few(10.0, 10_000)), Some(1));
+        assert_eq!(s.on_sample(t, few(10.0, 10_000, 20_000)), Some(1));
         t += 2 * S;
-        assert_eq!(s.on_sample(t, few(10.0, 5)), Some(2));
+        assert_eq!(s.on_sample(t, few(10.0, 5, 20_000)), None);
+        // Clean since the re-base (once 200 packets went): the layer comes back after the
+        // restore wait, and nothing is shed meanwhile.
+        let mut changes = Vec::new();
+        for i in 1..=20u64 {
+            t += S;
+            if let Some(l) = s.on_sample(t, few(0.0, 5 + 100 * i, 20_000)) {
+                changes.push((i, l));
+            }
+        }
+        assert_eq!(changes, [(9, 0)]);
     }
 
     #[test]

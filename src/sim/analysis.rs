@@ -103,6 +103,24 @@ pub fn wan_loss(before: &Value, after: &Value, link: &str) -> (u64, u64) {
     (d("packets_in"), d("dropped_loss"))
 }
 
+/// The simulcast layers each node withholds from `from`'s links, by peer, in a
+/// `pipemesh topology -o json` answer (`shedLayers` of the direction leaving `from`).
+pub fn shed_from(topology: &Value, from: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for l in topology["links"].as_array().into_iter().flatten() {
+        let (a, b) = (l["a"].as_str().unwrap_or(""), l["b"].as_str().unwrap_or(""));
+        let (peer, dir) = if a == from {
+            (b, &l["aToB"])
+        } else if b == from {
+            (a, &l["bToA"])
+        } else {
+            continue;
+        };
+        out.insert(peer.to_owned(), dir["shedLayers"].as_u64().unwrap_or(0));
+    }
+    out
+}
+
 /// The streams a bot received from `speaker` of this kind (`audio`, `video`).
 pub fn streams_from<'a>(
     bot: &'a BotReport,
@@ -319,6 +337,18 @@ mod tests {
         );
         assert!(producer_edges(&mesh, "nope").is_empty());
         assert!(producer_edges(&json!({}), "v").is_empty());
+    }
+
+    #[test]
+    fn shed_levels_leaving_a_node() {
+        let t = json!({"links": [
+            {"a": "eu1", "b": "us2", "aToB": {"shedLayers": 1}, "bToA": {"shedLayers": 0}},
+            {"a": "ap1", "b": "eu1", "aToB": {"shedLayers": 2}, "bToA": {}},
+            {"a": "us1", "b": "us2", "aToB": {"shedLayers": 2}, "bToA": {}}]});
+        let s = shed_from(&t, "eu1");
+        assert_eq!(s.len(), 2);
+        assert_eq!((s["us2"], s["ap1"]), (1, 0));
+        assert!(shed_from(&json!({}), "eu1").is_empty());
     }
 
     #[test]

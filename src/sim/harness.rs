@@ -83,6 +83,7 @@ pub struct Cluster {
     run_dir: PathBuf,
     cluster_dir: PathBuf,
     routing: String,
+    node_args: String,
     up: bool,
 }
 
@@ -90,6 +91,11 @@ impl Cluster {
     /// Brings up netns, the emulator, etcd and nine nodes with this routing (`tree` or
     /// `mesh`). `tag` names the namespaces (`pm-eu-<tag>`) so runs can share a machine.
     pub fn up(paths: &Paths, tag: &str, routing: &str) -> Result<Cluster> {
+        Self::up_with(paths, tag, routing, "")
+    }
+
+    /// [`Self::up`] with more `pipemesh serve` flags for every node (split on spaces).
+    pub fn up_with(paths: &Paths, tag: &str, routing: &str, node_args: &str) -> Result<Cluster> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             bail!("the simulation needs root (network namespaces, a TUN device)");
@@ -100,6 +106,7 @@ impl Cluster {
             run_dir: PathBuf::from(format!("/tmp/pm-wan-{tag}")),
             cluster_dir: PathBuf::from(format!("/tmp/pm-sim-{tag}")),
             routing: routing.to_owned(),
+            node_args: node_args.to_owned(),
             up: false,
         };
         let out = c
@@ -126,6 +133,7 @@ impl Cluster {
             .env("PM_RUN_DIR", &self.run_dir)
             .env("PM_CLUSTER_DIR", &self.cluster_dir)
             .env("PM_ROUTING", &self.routing)
+            .env("PM_NODE_ARGS", &self.node_args)
             .env("PIPEMESH_BIN", &self.paths.pipemesh)
             .env("PM_WAN_BIN", &self.paths.wan)
             .stdin(Stdio::null());
@@ -182,6 +190,13 @@ impl Cluster {
     pub fn room(&self, room: &str) -> Result<serde_json::Value> {
         Ok(serde_json::from_str(
             &self.cli(&["rooms", room, "-o", "json"])?,
+        )?)
+    }
+
+    /// `pipemesh topology -o json`.
+    pub fn topology(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(
+            &self.cli(&["topology", "-o", "json"])?,
         )?)
     }
 

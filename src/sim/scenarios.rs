@@ -122,23 +122,30 @@ struct Bots {
 /// Starts the speaker on eu1, then the listeners, and waits until all have joined.
 /// Listeners run for `listen_secs` after their join.
 fn start_bots(c: &Cluster, common: &Common, dir: &Path, listen_secs: u64) -> Result<Bots> {
-    let mut speaker = c.bots(
-        "eu",
-        1,
-        1,
-        &dir.join("speaker.json"),
-        &args(&[
-            "--room",
-            ROOM,
-            "--peer-id",
-            SPEAKER,
-            "--produce",
-            "audio,video",
-            "--consume=false",
-            "--duration",
-            "3600",
-        ]),
-    )?;
+    start_bots_with(c, common, dir, listen_secs, &[])
+}
+
+/// [`start_bots`] with more flags for the speaker (e.g. `--simulcast 3`).
+fn start_bots_with(
+    c: &Cluster,
+    common: &Common,
+    dir: &Path,
+    listen_secs: u64,
+    speaker_args: &[&str],
+) -> Result<Bots> {
+    let mut sargs = args(&[
+        "--room",
+        ROOM,
+        "--peer-id",
+        SPEAKER,
+        "--produce",
+        "audio,video",
+        "--consume=false",
+        "--duration",
+        "3600",
+    ]);
+    sargs.extend(args(speaker_args));
+    let mut speaker = c.bots("eu", 1, 1, &dir.join("speaker.json"), &sargs)?;
     speaker.wait_joined(Duration::from_secs(60))?;
     let mut listeners = Vec::new();
     for (node, count) in spread_listeners(common.listeners) {
@@ -1065,6 +1072,307 @@ pub fn lossy_link(common: &Common, s: &LossySettings) -> Result<LossyResult> {
     };
     write_png(&common.out, "loss.png", chart.render_png())?;
     Ok(result)
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenario 4: a congested inter-region link, with and without layer shedding.
+
+/// Settings of scenario 4.
+#[derive(Debug, Clone)]
+pub struct CongestedSettings {
+    /// The directed link limited, from the speaker's region (`eu>us`).
+    pub link: String,
+    /// Its rate, kbit/s.
+    pub rate_kbps: f64,
+    /// Its queue, bytes (beyond it, tail drop).
+    pub queue_bytes: u64,
+    /// Seconds after the last join before the limit.
+    pub before_secs: f64,
+    /// Seconds measured under the limit.
+    pub window_secs: f64,
+    /// Runs: shedding on and/or off.
+    pub shedding: Vec<bool>,
+}
+
+/// One second of scenario 4.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CongestedSample {
+    /// Seconds since the limit.
+    pub t: f64,
+    /// kbit/s the link delivered over the last second.
+    pub delivered_kbps: f64,
+    /// Packets it dropped from its full queue over the last second.
+    pub queue_drops: u64,
+    /// Layers eu1 withheld from the link's far region (the highest toward any node there).
+    pub shed_layers: u64,
+}
+
+/// What one run of scenario 4 measured.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CongestedRun {
+    /// Shedding on.
+    pub shedding: bool,
+    /// Once a second under the limit.
+    pub timeline: Vec<CongestedSample>,
+    /// Seconds from the limit to the first shed layer.
+    pub first_shed_secs: Option<f64>,
+    /// Highest shed level seen.
+    pub max_shed: u64,
+    /// Listener video loss per region after repair: (lost, expected).
+    pub video_loss: BTreeMap<String, (u64, u64)>,
+    /// Listeners per region by the size of the last keyframe they received (`640x480`...).
+    pub last_sizes: BTreeMap<String, BTreeMap<String, usize>>,
+    /// The link under the limit: (packets offered, dropped from a full queue).
+    pub link_drops: (u64, u64),
+}
+
+/// Runs scenario 4 and writes its report.
+pub fn congested_link(common: &Common, s: &CongestedSettings) -> Result<Vec<CongestedRun>> {
+    let (from, to) = s
+        .link
+        .split_once('>')
+        .ok_or_else(|| anyhow!("--link: a directed link like eu>us"))?;
+    if from != "eu" || !REGIONS.contains(&to) || to == "eu" {
+        return Err(anyhow!(
+            "--link: from eu (the speaker's region) to us or ap"
+        ));
+    }
+    std::fs::create_dir_all(&common.out)?;
+    let mut runs = Vec::new();
+    for &on in &s.shedding {
+        let mode = if on { "on" } else { "off" };
+        eprintln!(
+            "pipemesh-sim: congested-link, shedding {mode}: cluster up, {} listeners",
+            common.listeners
+        );
+        let dir = common.out.join(format!("raw-shedding-{mode}"));
+        std::fs::create_dir_all(&dir)?;
+        let c = Cluster::up_with(
+            &common.paths,
+            &format!("{}sh{mode}", common.tag),
+            "tree",
+            &format!("--pipe-layer-shedding {on}"),
+        )?;
+        common.wan.apply(&c)?;
+        let listen = (s.before_secs + s.window_secs + 6.0).ceil() as u64;
+        let bots = start_bots_with(&c, common, &dir, listen, &["--simulcast", "3"])?;
+        sleep_secs(s.before_secs);
+        let mut last = c.wan_stats()?;
+        let start_stats = last.clone();
+        c.wan(&format!(
+            "set {} rate_kbps={} queue_bytes={}",
+            s.link, s.rate_kbps, s.queue_bytes
+        ))?;
+        let t0 = std::time::Instant::now();
+        let mut timeline = Vec::new();
+        let mut tick = t0;
+        while t0.elapsed().as_secs_f64() < s.window_secs {
+            tick += Duration::from_secs(1);
+            std::thread::sleep(tick.saturating_duration_since(std::time::Instant::now()));
+            let now = c.wan_stats()?;
+            let bytes = analysis::wan_bytes(&last, &now);
+            let drops = now["links"][s.link.as_str()]["stats"]["dropped_queue"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(
+                    last["links"][s.link.as_str()]["stats"]["dropped_queue"]
+                        .as_u64()
+                        .unwrap_or(0),
+                );
+            let shed = c
+                .topology()
+                .map(|t| {
+                    analysis::shed_from(&t, "eu1")
+                        .into_iter()
+                        .filter(|(peer, _)| analysis::region_of(peer) == to)
+                        .map(|(_, n)| n)
+                        .max()
+                        .unwrap_or(0)
+                })
+                .unwrap_or(0);
+            timeline.push(CongestedSample {
+                t: t0.elapsed().as_secs_f64(),
+                delivered_kbps: bytes.get(&s.link).copied().unwrap_or(0) as f64 * 8.0 / 1000.0,
+                queue_drops: drops,
+                shed_layers: shed,
+            });
+            last = now;
+        }
+        let room = c.room(ROOM)?;
+        std::fs::write(dir.join("room.json"), serde_json::to_vec_pretty(&room)?)?;
+        let offered = analysis::wan_loss(&start_stats, &last, &s.link).0;
+        let dropped = last["links"][s.link.as_str()]["stats"]["dropped_queue"]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(
+                start_stats["links"][s.link.as_str()]["stats"]["dropped_queue"]
+                    .as_u64()
+                    .unwrap_or(0),
+            );
+        let reports = finish(bots.listeners, listen);
+        drop(bots.speaker);
+        drop(c);
+        let mut run = CongestedRun {
+            shedding: on,
+            first_shed_secs: timeline.iter().find(|x| x.shed_layers > 0).map(|x| x.t),
+            max_shed: timeline.iter().map(|x| x.shed_layers).max().unwrap_or(0),
+            timeline,
+            video_loss: BTreeMap::new(),
+            last_sizes: BTreeMap::new(),
+            link_drops: (offered, dropped),
+        };
+        for (node, r) in reports {
+            let r = r.with_context(|| format!("listeners on {node}"))?;
+            let region = analysis::region_of(&node).to_owned();
+            for b in &r.bots {
+                let (l, e) = analysis::loss(b, SPEAKER, "video");
+                let t = run.video_loss.entry(region.clone()).or_default();
+                t.0 += l;
+                t.1 += e;
+                let size = analysis::streams_from(b, SPEAKER, "video")
+                    .filter_map(|st| {
+                        Some(format!(
+                            "{}x{}",
+                            st.stats.last_keyframe_width?, st.stats.last_keyframe_height?
+                        ))
+                    })
+                    .last()
+                    .unwrap_or_else(|| "none".into());
+                *run.last_sizes
+                    .entry(region.clone())
+                    .or_default()
+                    .entry(size)
+                    .or_default() += 1;
+            }
+        }
+        runs.push(run);
+    }
+    congested_report(common, s, to, &runs)?;
+    Ok(runs)
+}
+
+fn congested_report(
+    common: &Common,
+    s: &CongestedSettings,
+    to: &str,
+    runs: &[CongestedRun],
+) -> Result<()> {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# Scenario 4: a congested inter-region link, with and without layer shedding\n"
+    );
+    let _ = writeln!(
+        md,
+        "Tree routing; the speaker on eu1 publishes VP8 simulcast (`pipemesh bot --simulcast 3`: \
+         160x120 ~100 kbit/s, 320x240 ~300 kbit/s, 640x480 ~900 kbit/s) and Opus; {} listeners \
+         over the nine nodes. {:.0} s after the last join, {} is limited to {:.0} kbit/s with a \
+         {} byte queue (tail drop) for {:.0} s: less than the three layers need, more than the \
+         lower two. Each run once with `--pipe-layer-shedding true` (the default) and once with \
+         `false`.\n",
+        common.listeners, s.before_secs, s.link, s.rate_kbps, s.queue_bytes, s.window_secs
+    );
+    let _ = writeln!(md, "| shedding | first layer shed after | highest level | link: packets offered / dropped at the queue | {to} video loss | eu video loss | ap video loss |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for r in runs {
+        let loss = |g: &str| pct(r.video_loss.get(g).copied().unwrap_or((0, 0)));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} / {} ({:.1}%) | {:.2}% | {:.2}% | {:.2}% |",
+            if r.shedding { "on" } else { "off" },
+            r.first_shed_secs
+                .map_or("-".into(), |t| format!("{t:.0} s")),
+            r.max_shed,
+            r.link_drops.0,
+            r.link_drops.1,
+            pct((r.link_drops.1, r.link_drops.0)),
+            loss(to),
+            loss("eu"),
+            loss("ap")
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nLast keyframe size each listener received, by region:\n"
+    );
+    let _ = writeln!(md, "| shedding | region | listeners by size |");
+    let _ = writeln!(md, "|---|---|---|");
+    for r in runs {
+        for g in REGIONS {
+            let sizes = r
+                .last_sizes
+                .get(g)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, n)| format!("{k}: {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                md,
+                "| {} | {g} | {sizes} |",
+                if r.shedding { "on" } else { "off" }
+            );
+        }
+    }
+    let _ = writeln!(md, "\nLoss counts the whole listening time (the clean part included); with shedding on it comes from the seconds before the first shed. Video loss is after repair (NACKs over the pipe).\n");
+    let _ = writeln!(md, "![link](congested-link.png)\n\n`congested-link.png`: kbit/s {} delivered each second under the limit, per run; the marker is the first shed layer.\n\n![loss](congested-loss.png)\n\n`congested-loss.png`: listener video loss per region, per run.", s.link);
+    std::fs::write(common.out.join("report.md"), md)?;
+    std::fs::write(
+        common.out.join("result.json"),
+        serde_json::to_vec_pretty(
+            &json!({"scenario": "congested-link", "listeners": common.listeners,
+            "wan": common.wan, "link": s.link, "rateKbps": s.rate_kbps, "queueBytes": s.queue_bytes, "runs": runs}),
+        )?,
+    )?;
+    let chart = LineChart {
+        series: runs
+            .iter()
+            .map(|r| Series {
+                name: format!("shedding {}", if r.shedding { "on" } else { "off" }),
+                points: r.timeline.iter().map(|x| (x.t, x.delivered_kbps)).collect(),
+            })
+            .collect(),
+        markers: runs
+            .iter()
+            .filter_map(|r| {
+                r.first_shed_secs
+                    .map(|t| (t, "first layer shed".to_owned()))
+            })
+            .collect(),
+        y_min_zero: true,
+        ..LineChart::new(
+            &format!("{} under a {:.0} kbit/s limit", s.link, s.rate_kbps),
+            "seconds since the limit",
+            "kbit/s delivered",
+        )
+    };
+    write_png(&common.out, "congested-link.png", chart.render_png())?;
+    let regions: Vec<String> = REGIONS.iter().map(|r| (*r).to_owned()).collect();
+    let bars = BarChart {
+        title: "Listener video loss per region".into(),
+        y_label: "% lost".into(),
+        categories: regions.clone(),
+        series: runs
+            .iter()
+            .map(|r| {
+                (
+                    format!("shedding {}", if r.shedding { "on" } else { "off" }),
+                    regions
+                        .iter()
+                        .map(|g| pct(r.video_loss.get(g).copied().unwrap_or((0, 0))))
+                        .collect(),
+                )
+            })
+            .collect(),
+        width: 900,
+        height: 500,
+    };
+    write_png(&common.out, "congested-loss.png", bars.render_png())?;
+    Ok(())
 }
 
 #[cfg(test)]
