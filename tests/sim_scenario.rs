@@ -1,8 +1,9 @@
-//! Scenario 1 of `pipemesh-sim` at small N in the test command: the nine-node cluster on the
+//! `pipemesh-sim` scenarios at small N in the test command, on the nine-node cluster on the
 //! emulated WAN (root, /dev/net/tun, etcd), one speaker on eu1 and nine listeners (one per
-//! node), run with tree and with full-mesh routing. Asserts the copy counts each routing must
-//! give, that the tree sends fewer bytes across regions, that every listener got video, and
-//! that the report and its plots were written.
+//! node). Scenario 1 runs with tree and with full-mesh routing: the copy counts each routing
+//! must give, fewer bytes across regions for the tree, video at every listener, the report
+//! and its plots. Scenario 4 limits eu>us below the speaker's simulcast: eu1 sheds the top
+//! layer toward us only.
 
 use std::path::Path;
 use std::process::Command;
@@ -87,4 +88,39 @@ fn speaker_scenario_tree_crosses_each_region_boundary_once_mesh_once_per_node() 
     for png in ["inter-region.png", "first-frame.png", "latency.png"] {
         assert_png(&out.path().join(png));
     }
+}
+
+#[test]
+fn congested_link_sheds_upper_layers_toward_that_region_only() {
+    let tag = format!("c{}", std::process::id() % 100_000);
+    let out = std::env::temp_dir().join(format!("pipemesh-sim-test-{tag}"));
+    let _ = std::fs::remove_dir_all(&out);
+    let out = Out(out);
+    let st = Command::new(env!("CARGO_BIN_EXE_pipemesh-sim"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["congested-link", "--listeners", "9", "--shedding", "on"])
+        .args(["--before-secs", "4", "--window-secs", "15", "--tag", &tag])
+        .arg("--out")
+        .arg(out.path())
+        .status()
+        .expect("pipemesh-sim runs");
+    assert!(st.success(), "pipemesh-sim congested-link failed: {st}");
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("result.json")).unwrap()).unwrap();
+    let r = &v["runs"][0];
+    assert_eq!(r["shedding"], true, "{r}");
+    // 900 kbit/s for ~1.4 Mbit/s of simulcast: eu1 withholds the top layer toward us.
+    let first = r["firstShedSecs"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("never shed: {r}"));
+    assert!(first < 12.0, "{r}");
+    assert!(r["maxShed"].as_u64().unwrap() >= 1, "{r}");
+    // us listeners end on a lower layer; eu and ap keep the top one.
+    let sizes = |g: &str| r["lastSizes"][g].as_object().cloned().unwrap_or_default();
+    assert!(!sizes("us").contains_key("640x480"), "{r}");
+    for g in ["eu", "ap"] {
+        assert_eq!(sizes(g).get("640x480"), Some(&Value::from(3)), "{g}: {r}");
+        assert_eq!(r["videoLoss"][g][0], 0, "{g}: {r}");
+    }
+    assert_png(&out.path().join("congested-link.png"));
 }

@@ -1345,7 +1345,7 @@ fn congested_report(
             .collect(),
         y_min_zero: true,
         ..LineChart::new(
-            &format!("{} under a {:.0} kbit/s limit", s.link, s.rate_kbps),
+            format!("{} under a {:.0} kbit/s limit", s.link, s.rate_kbps),
             "seconds since the limit",
             "kbit/s delivered",
         )
