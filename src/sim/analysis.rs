@@ -121,6 +121,19 @@ pub fn shed_from(topology: &Value, from: &str) -> BTreeMap<String, u64> {
     out
 }
 
+/// The most layers a node withholds toward any node of `region`, from its
+/// `/api/v1/links` answer (`shedLayers` per link).
+pub fn shed_toward(links: &Value, region: &str) -> u64 {
+    links["links"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["peer"].as_str().is_some_and(|p| region_of(p) == region))
+        .filter_map(|l| l["shedLayers"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
 /// The streams a bot received from `speaker` of this kind (`audio`, `video`).
 pub fn streams_from<'a>(
     bot: &'a BotReport,
@@ -349,6 +362,12 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!((s["us2"], s["ap1"]), (1, 0));
         assert!(shed_from(&json!({}), "eu1").is_empty());
+        let links = json!({"nodeId": "eu1", "links": [
+            {"peer": "us1", "shedLayers": 0}, {"peer": "us3", "shedLayers": 2},
+            {"peer": "ap1", "shedLayers": 1}, {"peer": "eu2"}]});
+        assert_eq!(shed_toward(&links, "us"), 2);
+        assert_eq!(shed_toward(&links, "eu"), 0);
+        assert_eq!(shed_toward(&json!({}), "us"), 0);
     }
 
     #[test]

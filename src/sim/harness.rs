@@ -200,6 +200,36 @@ impl Cluster {
         )?)
     }
 
+    /// `GET path` on a node's admin API (with the cluster's token), from the node's own
+    /// region: no WAN on the way. The body as JSON.
+    pub fn admin(&self, node: &str, path: &str) -> Result<serde_json::Value> {
+        let region = super::analysis::region_of(node);
+        let n = REGIONS
+            .iter()
+            .position(|r| *r == region)
+            .ok_or_else(|| anyhow!("{node}: no such region"))?
+            + 1;
+        let k = &node[region.len()..];
+        let token = std::fs::read_to_string(self.cluster_dir.join("admin-token"))?;
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &format!("pm-{region}{}", self.suffix),
+                "curl",
+                "-sf",
+            ])
+            .args(["--max-time", "5", "-H"])
+            .arg(format!("Authorization: Bearer {}", token.trim()))
+            .arg(format!("http://10.77.{n}.1{k}:9090{path}"))
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!("GET {path} on {node} failed ({})", out.status);
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
     /// SIGKILLs a node.
     pub fn kill(&self, node: &str) -> Result<()> {
         let st = self.script(&["kill", node]).status()?;

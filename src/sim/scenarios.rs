@@ -1168,10 +1168,17 @@ pub fn congested_link(common: &Common, s: &CongestedSettings) -> Result<Vec<Cong
         let t0 = std::time::Instant::now();
         let mut timeline = Vec::new();
         let mut tick = t0;
+        let mut last_at = t0;
         while t0.elapsed().as_secs_f64() < s.window_secs {
             tick += Duration::from_secs(1);
             std::thread::sleep(tick.saturating_duration_since(std::time::Instant::now()));
             let now = c.wan_stats()?;
+            let now_at = std::time::Instant::now();
+            let span = now_at
+                .saturating_duration_since(last_at)
+                .as_secs_f64()
+                .max(0.001);
+            last_at = now_at;
             let bytes = analysis::wan_bytes(&last, &now);
             let drops = now["links"][s.link.as_str()]["stats"]["dropped_queue"]
                 .as_u64()
@@ -1181,20 +1188,16 @@ pub fn congested_link(common: &Common, s: &CongestedSettings) -> Result<Vec<Cong
                         .as_u64()
                         .unwrap_or(0),
                 );
+            // eu1's own view, asked inside eu: not across the congested link.
             let shed = c
-                .topology()
-                .map(|t| {
-                    analysis::shed_from(&t, "eu1")
-                        .into_iter()
-                        .filter(|(peer, _)| analysis::region_of(peer) == to)
-                        .map(|(_, n)| n)
-                        .max()
-                        .unwrap_or(0)
-                })
+                .admin("eu1", "/api/v1/links")
+                .map(|v| analysis::shed_toward(&v, to))
                 .unwrap_or(0);
             timeline.push(CongestedSample {
-                t: t0.elapsed().as_secs_f64(),
-                delivered_kbps: bytes.get(&s.link).copied().unwrap_or(0) as f64 * 8.0 / 1000.0,
+                t: now_at.saturating_duration_since(t0).as_secs_f64(),
+                delivered_kbps: bytes.get(&s.link).copied().unwrap_or(0) as f64 * 8.0
+                    / 1000.0
+                    / span,
                 queue_drops: drops,
                 shed_layers: shed,
             });
