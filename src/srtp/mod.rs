@@ -5,8 +5,9 @@
 //! The SFU protects every forwarded packet once per consumer, so this is the media hot path.
 //! `webrtc-srtp` re-expands the AES key and allocates per packet (~900 ns per 1,200-byte
 //! packet for either profile); here the GCM key (ring's `LessSafeKey`), the AES-CM key
-//! schedules (RustCrypto `aes`/`ctr`) and the HMAC-SHA1 inner/outer states (ring) are built
-//! in [`SrtpContext::new`].
+//! schedules (RustCrypto `aes`/`ctr`) and the keyed HMAC-SHA1 states (RustCrypto
+//! `hmac`/`sha1`, which uses the CPU's SHA extensions where ring's SHA-1 does not: 3.4 µs
+//! vs 1.0 µs per packet here) are built once in [`SrtpContext::new`].
 //!
 //! ## API
 //!
@@ -29,15 +30,16 @@
 //!
 //! ## Performance
 //!
-//! `cargo bench --bench srtp`, 1,200-byte RTP packet, one core (medians): see the table in
-//! `benches/srtp.rs` and the commit that introduced this module.
+//! `cargo bench --bench srtp`: one 1,200-byte-payload RTP packet (with a header extension)
+//! on one core of a shared 2-core AMD EPYC VM, criterion medians. The in-place paths make
+//! no allocation (the bench counts them); the `Bytes` drop-ins make one, `webrtc-srtp` 4-6.
 //!
-//! | operation                          | webrtc-srtp 0.17 | this module |
-//! |------------------------------------|------------------|-------------|
-//! | protect AEAD_AES_128_GCM           | BENCH_GCM_THEIRS | BENCH_GCM_OURS |
-//! | protect AES_CM_128_HMAC_SHA1_80    | BENCH_CM_THEIRS  | BENCH_CM_OURS  |
-//! | unprotect AEAD_AES_128_GCM         |                  | BENCH_GCM_UNP  |
-//! | unprotect AES_CM_128_HMAC_SHA1_80  |                  | BENCH_CM_UNP   |
+//! | per packet                       | webrtc-srtp 0.17 `encrypt_rtp` | ours `encrypt_rtp` | ours `protect_rtp` | ours `unprotect_rtp` |
+//! |----------------------------------|---------|--------|--------|--------|
+//! | AEAD_AES_128_GCM                 | 1.43 µs | 343 ns | 285 ns | 253 ns |
+//! | AES_CM_128_HMAC_SHA1_80          | 1.28 µs | 1.11 µs | 1.04 µs | 966 ns |
+//!
+//! That is ~3.5 M packets/s/core with GCM and ~0.96 M with AES-CM (HMAC-SHA1 dominates).
 
 mod state;
 mod suite;

@@ -7,8 +7,9 @@
 use aes::cipher::generic_array::GenericArray;
 use aes::cipher::{BlockEncrypt, InnerIvInit, KeyInit, StreamCipher};
 use aes::Aes128;
+use hmac::{Hmac, Mac};
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_128_GCM};
-use ring::hmac;
+use sha1::Sha1;
 
 use super::{Profile, SrtpError};
 
@@ -73,13 +74,15 @@ pub(crate) struct GcmKeys {
 pub(crate) struct CmKeys {
     rtp_aes: Aes128,
     rtcp_aes: Aes128,
-    rtp_auth: hmac::Key,
-    rtcp_auth: hmac::Key,
+    rtp_auth: HmacSha1,
+    rtcp_auth: HmacSha1,
     rtp_salt: [u8; 14],
     rtcp_salt: [u8; 14],
 }
 
 type Ctr = ctr::Ctr128BE<Aes128>;
+/// RustCrypto's SHA-1 uses the SHA extensions when the CPU has them (ring's does not).
+type HmacSha1 = Hmac<Sha1>;
 type CtrCore = ctr::CtrCore<Aes128, ctr::flavors::Ctr128BE>;
 
 impl Suite {
@@ -134,12 +137,17 @@ impl Suite {
         Suite::Cm(Box::new(CmKeys {
             rtp_aes: Aes128::new(GenericArray::from_slice(rtp_key)),
             rtcp_aes: Aes128::new(GenericArray::from_slice(rtcp_key)),
-            rtp_auth: hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, rtp_auth),
-            rtcp_auth: hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, rtcp_auth),
+            rtp_auth: hmac_key(rtp_auth),
+            rtcp_auth: hmac_key(rtcp_auth),
             rtp_salt,
             rtcp_salt,
         }))
     }
+}
+
+fn hmac_key(key: &[u8; AUTH_KEY_LEN]) -> HmacSha1 {
+    // HMAC takes keys of any length.
+    <HmacSha1 as Mac>::new_from_slice(key).expect("HMAC accepts any key length")
 }
 
 /// RFC 3711 §4.1.1: IV = (k_s * 2^16) XOR (SSRC * 2^64) XOR (i * 2^16), `i` the 48-bit
@@ -200,13 +208,14 @@ fn tags_equal(a: &[u8], b: &[u8]) -> bool {
 
 impl CmKeys {
     /// HMAC-SHA1(auth, parts...) truncated to 10 bytes.
-    fn tag(key: &hmac::Key, data: &[u8], extra: &[u8]) -> [u8; CM_TAG_LEN] {
-        let mut ctx = hmac::Context::with_key(key);
-        ctx.update(data);
-        ctx.update(extra);
-        let full = ctx.sign();
+    /// The keyed inner/outer states are copied, not recomputed.
+    fn tag(key: &HmacSha1, data: &[u8], extra: &[u8]) -> [u8; CM_TAG_LEN] {
+        let mut mac = key.clone();
+        mac.update(data);
+        mac.update(extra);
+        let full = mac.finalize().into_bytes();
         let mut out = [0u8; CM_TAG_LEN];
-        out.copy_from_slice(&full.as_ref()[..CM_TAG_LEN]);
+        out.copy_from_slice(&full[..CM_TAG_LEN]);
         out
     }
 
