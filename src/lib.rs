@@ -39,6 +39,7 @@ pub mod procfs;
 pub mod router;
 pub mod signaling;
 pub mod sim;
+pub mod srtp;
 pub mod timing;
 pub mod wan;
 pub mod worker;

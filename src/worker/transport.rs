@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use serde_json::{json, Value};
-use webrtc_srtp::context::Context;
 
 use crate::edge::dtls::{DtlsParameters, DtlsRole, Fingerprint, SrtpKeys};
 use crate::edge::ice::{generate_credentials, IceServer};
 use crate::ids::{ConsumerId, PeerId, ProducerId, RoomId, TransportId};
+use crate::srtp::SrtpContext;
 
 /// DTLS progress of a transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,9 +42,9 @@ pub struct Transport {
     /// Our DTLS role once connected.
     pub dtls_role: Option<DtlsRole>,
     /// Decrypts what the client sends.
-    pub srtp_in: Option<Context>,
+    pub srtp_in: Option<SrtpContext>,
     /// Encrypts what we send.
-    pub srtp_out: Option<Context>,
+    pub srtp_out: Option<SrtpContext>,
     /// Producers using this transport.
     pub producers: HashSet<ProducerId>,
     /// Consumers using this transport.
@@ -159,15 +159,9 @@ impl Transport {
 
     /// The handshake completed: set up SRTP.
     pub fn on_dtls_connected(&mut self, keys: &SrtpKeys) -> Result<(), String> {
-        let srtp_in = Context::new(
-            &keys.remote_key,
-            &keys.remote_salt,
-            keys.profile,
-            None,
-            None,
-        )
-        .map_err(|e| e.to_string())?;
-        let srtp_out = Context::new(&keys.local_key, &keys.local_salt, keys.profile, None, None)
+        let srtp_in = SrtpContext::from_webrtc(keys.profile, &keys.remote_key, &keys.remote_salt)
+            .map_err(|e| e.to_string())?;
+        let srtp_out = SrtpContext::from_webrtc(keys.profile, &keys.local_key, &keys.local_salt)
             .map_err(|e| e.to_string())?;
         self.srtp_in = Some(srtp_in);
         self.srtp_out = Some(srtp_out);
