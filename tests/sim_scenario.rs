@@ -45,23 +45,35 @@ fn assert_png(path: &Path) {
     );
 }
 
-#[test]
-fn speaker_scenario_tree_crosses_each_region_boundary_once_mesh_once_per_node() {
-    let tag = format!("t{}", std::process::id() % 100_000);
+/// Runs `pipemesh-sim ARGS MORE --tag <prefix><pid> --out <dir>`; its output directory and
+/// result.json.
+fn sim(prefix: char, args: &[&str], more: &[&str]) -> (Out, Value) {
+    let tag = format!("{prefix}{}", std::process::id() % 100_000);
     let out = std::env::temp_dir().join(format!("pipemesh-sim-test-{tag}"));
     let _ = std::fs::remove_dir_all(&out);
     let out = Out(out);
     let st = Command::new(env!("CARGO_BIN_EXE_pipemesh-sim"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["speaker", "--listeners", "9", "--routing", "tree,mesh"])
-        .args(["--settle-secs", "2", "--window-secs", "4", "--tag", &tag])
+        .args(args)
+        .args(more)
+        .args(["--tag", &tag])
         .arg("--out")
         .arg(out.path())
         .status()
         .expect("pipemesh-sim runs");
-    assert!(st.success(), "pipemesh-sim speaker failed: {st}");
+    assert!(st.success(), "pipemesh-sim {} failed: {st}", args[0]);
     let v: Value =
         serde_json::from_slice(&std::fs::read(out.path().join("result.json")).unwrap()).unwrap();
+    (out, v)
+}
+
+#[test]
+fn speaker_scenario_tree_crosses_each_region_boundary_once_mesh_once_per_node() {
+    let (out, v) = sim(
+        't',
+        &["speaker", "--listeners", "9", "--routing", "tree,mesh"],
+        &["--settle-secs", "2", "--window-secs", "4"],
+    );
     let (tree, mesh) = (run(&v, "tree"), run(&v, "mesh"));
     for r in [tree, mesh] {
         assert_eq!(r["listeners"], 9, "{r}");
@@ -92,21 +104,11 @@ fn speaker_scenario_tree_crosses_each_region_boundary_once_mesh_once_per_node() 
 
 #[test]
 fn congested_link_sheds_upper_layers_toward_that_region_only() {
-    let tag = format!("c{}", std::process::id() % 100_000);
-    let out = std::env::temp_dir().join(format!("pipemesh-sim-test-{tag}"));
-    let _ = std::fs::remove_dir_all(&out);
-    let out = Out(out);
-    let st = Command::new(env!("CARGO_BIN_EXE_pipemesh-sim"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["congested-link", "--listeners", "9", "--shedding", "on"])
-        .args(["--before-secs", "4", "--window-secs", "15", "--tag", &tag])
-        .arg("--out")
-        .arg(out.path())
-        .status()
-        .expect("pipemesh-sim runs");
-    assert!(st.success(), "pipemesh-sim congested-link failed: {st}");
-    let v: Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("result.json")).unwrap()).unwrap();
+    let (out, v) = sim(
+        'c',
+        &["congested-link", "--listeners", "9", "--shedding", "on"],
+        &["--before-secs", "4", "--window-secs", "15"],
+    );
     let r = &v["runs"][0];
     assert_eq!(r["shedding"], true, "{r}");
     // 900 kbit/s for ~1.4 Mbit/s of simulcast: eu1 withholds the top layer toward us.

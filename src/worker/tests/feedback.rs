@@ -148,6 +148,19 @@ impl VideoRoom {
         self.split(out)
     }
 
+    /// Lets `span` pass in 5 ms steps (timers fire); what reached Alice and Bob meanwhile, as
+    /// [`Self::split`].
+    fn run_for(&mut self, span: Duration) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let until = self.h.now + span;
+        let mut outputs = Vec::new();
+        while self.h.now < until {
+            let next = (self.h.now + Duration::from_millis(5)).min(until);
+            self.h.advance_to(next);
+            outputs.extend(self.h.drain());
+        }
+        self.split(outputs)
+    }
+
     /// Outputs to Alice (RTCP, decrypted) and to Bob (RTP, decrypted).
     fn split(&mut self, out: Vec<Output>) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
         use crate::edge::demux::{classify, PacketClass};
@@ -248,14 +261,8 @@ fn keyframe_requests_reach_the_publisher_throttled() {
     let (to_alice, _) = r.bob_sends_rtcp(&pli);
     assert!(plis_in(&to_alice).is_empty());
     // ...and sent when the window ends.
-    let until = r.h.now + crate::timing::KEYFRAME_REQUEST_THROTTLE + Duration::from_millis(20);
-    let mut outputs = Vec::new();
-    while r.h.now < until {
-        let next = (r.h.now + Duration::from_millis(5)).min(until);
-        r.h.advance_to(next);
-        outputs.extend(r.h.drain());
-    }
-    let (to_alice, _) = r.split(outputs);
+    let (to_alice, _) =
+        r.run_for(crate::timing::KEYFRAME_REQUEST_THROTTLE + Duration::from_millis(20));
     assert_eq!(plis_in(&to_alice), vec![VP8_SSRC]);
 
     // requestConsumerKeyFrame from signaling takes the same path.
@@ -354,14 +361,7 @@ fn metrics_count_packets_feedback_and_retransmissions() {
     // Alice's lost packets make the worker NACK her, counted out.
     let nack_out = fb(Feedback::Nack, Direction::Out);
     r.alice_sends(20, b"after a gap");
-    let until = r.h.now + Duration::from_millis(200);
-    let mut outputs = Vec::new();
-    while r.h.now < until {
-        let next = (r.h.now + Duration::from_millis(5)).min(until);
-        r.h.advance_to(next);
-        outputs.extend(r.h.drain());
-    }
-    let (to_alice, _) = r.split(outputs);
+    let (to_alice, _) = r.run_for(Duration::from_millis(200));
     let nacks = to_alice
         .iter()
         .flat_map(|p| parse_compound(p).expect("valid RTCP").collect::<Vec<_>>())
@@ -389,14 +389,7 @@ fn metrics_count_packets_feedback_and_retransmissions() {
 
 /// NACKs the worker sends Alice while time advances by `span` in 5 ms steps.
 fn nacks_to_alice(r: &mut VideoRoom, span: Duration) -> Vec<u16> {
-    let until = r.h.now + span;
-    let mut outputs = Vec::new();
-    while r.h.now < until {
-        let next = (r.h.now + Duration::from_millis(5)).min(until);
-        r.h.advance_to(next);
-        outputs.extend(r.h.drain());
-    }
-    let (to_alice, _) = r.split(outputs);
+    let (to_alice, _) = r.run_for(span);
     let mut seqs = Vec::new();
     for p in &to_alice {
         for item in parse_compound(p).expect("valid RTCP") {
