@@ -309,7 +309,12 @@ impl LayerShedder {
         }
         let loss = match (self.level > 0, self.fresh_loss(sample)) {
             (true, Some(fresh)) => fresh,
-            (true, None) if self.baseline.is_some() || self.rebase_in > 0 => 0.0,
+            // (Samples without counters have only the window.)
+            (true, None)
+                if sample.sent_packets > 0 && (self.baseline.is_some() || self.rebase_in > 0) =>
+            {
+                0.0
+            }
             _ => window,
         };
         let mut delay_congested = false;
