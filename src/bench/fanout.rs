@@ -163,7 +163,7 @@ impl FanoutArgs {
 /// VP8 source settings that send exactly `pps` packets/s of `payload`-byte RTP payloads as
 /// `fps` frames of `pps / fps` packets (the VP8 descriptor is part of the payload).
 pub fn video_rate(pps: u32, fps: u32, payload: usize) -> Result<VideoRate> {
-    if !(1..=240).contains(&fps) || pps == 0 || pps % fps != 0 {
+    if !(1..=240).contains(&fps) || pps == 0 || !pps.is_multiple_of(fps) {
         bail!("--pps must be a positive multiple of --fps (1..=240)");
     }
     if !(64..=1400).contains(&payload) {
