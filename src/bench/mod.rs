@@ -4,11 +4,15 @@
 //!
 //! - [`pipe`]: what the pipe hop between two nodes adds, in one-way latency and CPU per
 //!   forwarded packet (`pipemesh bench pipe`, or `cargo bench --bench pipe`).
+//! - [`fanout`]: one publisher, N consumers through one node's real edge, as forwarded
+//!   packets per core against the machine's SRTP-protect and UDP-send ceiling measured in the
+//!   same run (`pipemesh bench fanout`, or `cargo bench --bench fanout`).
 //!
 //! Helpers: [`process`] (a node process: startup, `/metrics`, CPU time), [`cpu`] (process CPU
 //! clocks), [`summary`] (sans-IO: windows, medians, percentiles, the printed report).
 
 pub mod cpu;
+pub mod fanout;
 pub mod pipe;
 pub mod process;
 pub mod summary;
@@ -29,6 +33,9 @@ pub enum BenchCommand {
     /// Added latency (p50/p99) and CPU per forwarded packet of the pipe hop: one producer on
     /// node a, N consumers on node b, against the same consumers all on a.
     Pipe(pipe::PipeArgs),
+    /// Forwarded packets per core, latency and memory per consumer of one node fanning one
+    /// publisher out to N consumers, against this machine's SRTP + UDP send ceiling.
+    Fanout(fanout::FanoutArgs),
 }
 
 /// Runs `pipemesh bench ...`; nodes are started from this executable. The report goes to
@@ -39,6 +46,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Pipe(a) => {
             let exe = std::env::current_exe()?;
             let report = pipe::run(&a, &exe)?;
+            println!("{report}");
+            Ok(())
+        }
+        BenchCommand::Fanout(a) => {
+            let exe = std::env::current_exe()?;
+            let report = fanout::run(&a, &exe)?;
             println!("{report}");
             Ok(())
         }

@@ -53,6 +53,23 @@ pub struct BotOptions {
     /// Send the video as this many VP8 simulcast encodings (1..=3, lowest first, rids `r0`..;
     /// see [`super::SIMULCAST_LAYERS`]) instead of one plain stream.
     pub simulcast: Option<u8>,
+    /// Overrides the plain (non-simulcast) VP8 source's rate; `None` keeps [`VideoConfig`]'s
+    /// defaults.
+    pub video_rate: Option<VideoRate>,
+}
+
+/// Rate settings of a bot's VP8 source (see [`VideoConfig`]): `fps` frames of
+/// `bitrate_bps / 8 / fps` bytes, cut into RTP payloads of at most `max_payload` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VideoRate {
+    /// Frames per second, 1..=240.
+    pub fps: u32,
+    /// Bitrate of interframes, bit/s.
+    pub bitrate_bps: u32,
+    /// Largest RTP payload, VP8 descriptor included.
+    pub max_payload: usize,
+    /// Periodic keyframe interval; zero sends keyframes only first and on request.
+    pub keyframe_interval: Duration,
 }
 
 impl BotOptions {
@@ -70,6 +87,7 @@ impl BotOptions {
             seed: rand::rng().random(),
             token: None,
             simulcast: None,
+            video_rate: None,
         }
     }
 }
@@ -117,6 +135,7 @@ pub struct Bot {
     events: mpsc::Receiver<BotEvent>,
     handler: JoinHandle<()>,
     tcp: bool,
+    video_rate: Option<VideoRate>,
 }
 
 impl Drop for Bot {
@@ -258,6 +277,7 @@ impl Bot {
             events,
             handler,
             tcp: opts.tcp,
+            video_rate: opts.video_rate,
         };
         let mut rng = StdRng::seed_from_u64(opts.seed ^ 0xc0ffee);
         let cname: String = format!("bot-{}", rng.random::<u32>());
@@ -357,6 +377,12 @@ impl Bot {
                 let mut c = VideoConfig::new(ssrc);
                 c.payload_type = pt;
                 c.extensions = p.extensions;
+                if let Some(r) = self.video_rate {
+                    c.fps = r.fps;
+                    c.bitrate_bps = r.bitrate_bps;
+                    c.max_payload = r.max_payload;
+                    c.keyframe_interval = r.keyframe_interval;
+                }
                 SourceConfig::Video(c)
             }
         };

@@ -29,7 +29,7 @@ mod params;
 mod protoo;
 mod transport;
 
-pub use bot::{Bot, BotEvent, BotOptions, ProducerInfo};
+pub use bot::{Bot, BotEvent, BotOptions, ProducerInfo, VideoRate};
 pub use ice::{IceController, IceInput, IceParameters, IceState, ICE_MAX_PENDING};
 pub use params::{
     bot_rtp_capabilities, producer_rtp_parameters, simulcast_rtp_parameters, ConsumerStream,

@@ -80,6 +80,8 @@ pub struct TransportState {
     pub ice_errors: u64,
     /// DTLS is done and SRTP is keyed.
     pub dtls_connected: bool,
+    /// The SRTP protection profile DTLS negotiated (`Debug` of webrtc-srtp's), once keyed.
+    pub srtp_profile: Option<String>,
     /// Set when the driver stopped, with the reason.
     pub closed: Option<String>,
     /// SRTP packets sent.
@@ -523,7 +525,11 @@ impl Driver {
                         for cfg in std::mem::take(&mut self.pending_sources) {
                             self.start_source(cfg);
                         }
-                        self.state.send_modify(|s| s.dtls_connected = true);
+                        let profile = format!("{:?}", keys.profile);
+                        self.state.send_modify(|s| {
+                            s.dtls_connected = true;
+                            s.srtp_profile = Some(profile);
+                        });
                         None
                     }
                     (Err(e), _) | (_, Err(e)) => Some(format!("SRTP setup: {e}")),
