@@ -51,8 +51,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use tokio::task::JoinSet;
 
+use super::bots::{join_bot, join_consumers, wait_media};
 use super::cpu::{host_busy, process_cpu_time};
 use super::process::{Metrics, NodeProcess};
 use super::summary::{median, Latency};
@@ -63,12 +63,6 @@ pub mod limit;
 
 pub use limit::{ceiling_pps, LimitReport};
 
-/// Upper bound on one setup step (joining, first media).
-const SETUP_WAIT: Duration = Duration::from_secs(30);
-/// Packets every consumer must receive before the warm-up starts.
-const FIRST_PACKETS: u64 = 10;
-/// Joins in flight at once.
-const JOIN_CONCURRENCY: usize = 10;
 /// Settling time before reading a node's RSS.
 const SETTLE: Duration = Duration::from_millis(500);
 /// Host busy share above which the report says the machine was saturated.
@@ -574,7 +568,7 @@ async fn fan_out(
     p.video_rate = Some(video_rate(args.pps, args.fps, args.payload)?);
     let publisher = join_bot(p).await?;
     for c in &mut consumers {
-        wait_media(c).await?;
+        wait_media(c, 1).await?;
     }
     node.check_alive()?;
     let profile = consumers
@@ -620,54 +614,6 @@ async fn fan_out(
         c.close().await;
     }
     Ok(FanRun::of(n, &windows, cores, [rss0, rss1, rss2], profile))
-}
-
-async fn join_bot(opts: BotOptions) -> Result<Bot> {
-    let peer = opts.peer_id.clone();
-    tokio::time::timeout(SETUP_WAIT, Bot::join(opts))
-        .await
-        .with_context(|| format!("bot {peer} joining timed out"))?
-        .with_context(|| format!("bot {peer} joining"))
-}
-
-async fn join_consumers(url: &str, room: &str, n: usize) -> Result<Vec<Bot>> {
-    let mut set = JoinSet::new();
-    let mut bots: Vec<Option<Bot>> = (0..n).map(|_| None).collect();
-    let mut next = 0;
-    while next < n || !set.is_empty() {
-        while next < n && set.len() < JOIN_CONCURRENCY {
-            let mut o = BotOptions::new(url, room, &format!("consumer-{next:03}"));
-            o.audio = false;
-            o.video = false;
-            o.consume = true;
-            let i = next;
-            set.spawn(async move { (i, join_bot(o).await) });
-            next += 1;
-        }
-        if let Some(r) = set.join_next().await {
-            let (i, bot) = r.context("join task")?;
-            bots[i] = Some(bot?);
-        }
-    }
-    Ok(bots.into_iter().flatten().collect())
-}
-
-/// Waits until `bot` consumes the publisher's video and received media on it.
-async fn wait_media(bot: &mut Bot) -> Result<()> {
-    let streams = bot
-        .wait_consumers(1, SETUP_WAIT)
-        .await
-        .with_context(|| format!("{} waiting for its consumer", bot.peer_id()))?;
-    let t = bot
-        .recv_transport()
-        .context("consumer without a receiving transport")?;
-    let ssrcs: Vec<u32> = streams.iter().map(|s| s.ssrc).collect();
-    t.wait_for("first media", SETUP_WAIT, |s| {
-        ssrcs.iter().all(|&ssrc| s.received(ssrc) >= FIRST_PACKETS)
-    })
-    .await
-    .with_context(|| format!("{} waiting for media", bot.peer_id()))?;
-    Ok(())
 }
 
 /// Everything read at one window boundary.

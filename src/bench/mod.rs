@@ -11,6 +11,7 @@
 //! Helpers: [`process`] (a node process: startup, `/metrics`, CPU time), [`cpu`] (process CPU
 //! clocks), [`summary`] (sans-IO: windows, medians, percentiles, the printed report).
 
+pub mod bots;
 pub mod cpu;
 pub mod fanout;
 pub mod pipe;

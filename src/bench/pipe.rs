@@ -34,24 +34,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use tokio::task::JoinSet;
 
+use super::bots::{join_bot, join_consumers, wait_media, SETUP_WAIT};
 use super::cpu::{host_busy, process_cpu_time};
 use super::process::{Metrics, NodeProcess, PipeSettings};
 use super::summary::{Latency, Report, Summary, Window};
 use crate::bot::client::{Bot, BotOptions, StreamStats};
 use crate::bot::stats::OWD_WINDOW;
 
-/// Upper bound on one setup step (joining, first media, pipe link).
-const SETUP_WAIT: Duration = Duration::from_secs(20);
-/// Packets of each stream every consumer must receive before the warm-up starts.
-const FIRST_PACKETS: u64 = 10;
 /// Pause after closing a scenario's bots, so the nodes are idle again before the next one.
 const TEARDOWN: Duration = Duration::from_millis(500);
 /// Length of the idle measurement of the linked nodes.
 const IDLE_WINDOW: Duration = Duration::from_secs(1);
-/// Joins in flight at once.
-const JOIN_CONCURRENCY: usize = 10;
 
 macro_rules! progress {
     ($($t:tt)*) => {
@@ -331,7 +325,7 @@ async fn run_scenario(
 
     let mut consumers = join_consumers(&consumer_url, room, args.consumers).await?;
     for c in &mut consumers {
-        wait_media(c).await?;
+        wait_media(c, 2).await?;
     }
     for n in nodes.iter_mut() {
         n.check_alive()?;
@@ -390,54 +384,6 @@ async fn run_scenario(
     }
     tokio::time::sleep(TEARDOWN).await;
     Ok(out)
-}
-
-async fn join_bot(opts: BotOptions) -> Result<Bot> {
-    let peer = opts.peer_id.clone();
-    tokio::time::timeout(SETUP_WAIT, Bot::join(opts))
-        .await
-        .with_context(|| format!("bot {peer} joining timed out"))?
-        .with_context(|| format!("bot {peer} joining"))
-}
-
-async fn join_consumers(url: &str, room: &str, n: usize) -> Result<Vec<Bot>> {
-    let mut set = JoinSet::new();
-    let mut bots: Vec<Option<Bot>> = (0..n).map(|_| None).collect();
-    let mut next = 0;
-    while next < n || !set.is_empty() {
-        while next < n && set.len() < JOIN_CONCURRENCY {
-            let mut o = BotOptions::new(url, room, &format!("consumer-{next:03}"));
-            o.audio = false;
-            o.video = false;
-            o.consume = true;
-            let i = next;
-            set.spawn(async move { (i, join_bot(o).await) });
-            next += 1;
-        }
-        if let Some(r) = set.join_next().await {
-            let (i, bot) = r.context("join task")?;
-            bots[i] = Some(bot?);
-        }
-    }
-    Ok(bots.into_iter().flatten().collect())
-}
-
-/// Waits until `bot` has its two consumers (audio, video) and received media on both.
-async fn wait_media(bot: &mut Bot) -> Result<()> {
-    let streams = bot
-        .wait_consumers(2, SETUP_WAIT)
-        .await
-        .with_context(|| format!("{} waiting for its two consumers", bot.peer_id()))?;
-    let t = bot
-        .recv_transport()
-        .context("consumer without a receiving transport")?;
-    let ssrcs: Vec<u32> = streams.iter().map(|s| s.ssrc).collect();
-    t.wait_for("first media", SETUP_WAIT, |s| {
-        ssrcs.iter().all(|&ssrc| s.received(ssrc) >= FIRST_PACKETS)
-    })
-    .await
-    .with_context(|| format!("{} waiting for media on both streams", bot.peer_id()))?;
-    Ok(())
 }
 
 /// Everything read at one window boundary.
