@@ -25,8 +25,13 @@ pub async fn join_bot(opts: BotOptions) -> Result<Bot> {
 }
 
 /// Joins `n` consumer bots (`consumer-000`, ...; nothing produced) to `room`, at most
-/// [`JOIN_CONCURRENCY`] at a time; in join order.
-pub async fn join_consumers(url: &str, room: &str, n: usize) -> Result<Vec<Bot>> {
+/// [`JOIN_CONCURRENCY`] at a time, offering only `profile` for SRTP if given; in join order.
+pub async fn join_consumers(
+    url: &str,
+    room: &str,
+    n: usize,
+    profile: Option<crate::srtp::Profile>,
+) -> Result<Vec<Bot>> {
     let mut set = JoinSet::new();
     let mut bots: Vec<Option<Bot>> = (0..n).map(|_| None).collect();
     let mut next = 0;
@@ -36,6 +41,7 @@ pub async fn join_consumers(url: &str, room: &str, n: usize) -> Result<Vec<Bot>>
             o.audio = false;
             o.video = false;
             o.consume = true;
+            o.srtp_profile = profile;
             let i = next;
             set.spawn(async move { (i, join_bot(o).await) });
             next += 1;

@@ -68,6 +68,25 @@ const SETTLE: Duration = Duration::from_millis(500);
 /// Host busy share above which the report says the machine was saturated.
 const HOST_SATURATED: f64 = 0.9;
 
+/// `--srtp-profile` of `pipemesh bench fanout`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SrtpProfileArg {
+    /// AEAD_AES_128_GCM.
+    Gcm,
+    /// AES_CM_128_HMAC_SHA1_80.
+    Cm,
+}
+
+impl SrtpProfileArg {
+    /// The profile.
+    pub fn profile(self) -> crate::srtp::Profile {
+        match self {
+            SrtpProfileArg::Gcm => crate::srtp::Profile::AeadAes128Gcm,
+            SrtpProfileArg::Cm => crate::srtp::Profile::Aes128CmHmacSha1_80,
+        }
+    }
+}
+
 /// Flags of `pipemesh bench fanout` (and of `cargo bench --bench fanout -- ...`).
 #[derive(Args, Debug, Clone)]
 pub struct FanoutArgs {
@@ -102,6 +121,10 @@ pub struct FanoutArgs {
     /// Skip the fan-out part (limit only).
     #[arg(long)]
     pub limit_only: bool,
+    /// Make the bots offer only this SRTP profile (the node accepts either): `gcm`
+    /// (AEAD_AES_128_GCM) or `cm` (AES_CM_128_HMAC_SHA1_80) [default: negotiated, GCM].
+    #[arg(long, value_enum)]
+    pub srtp_profile: Option<SrtpProfileArg>,
     /// The `pipemesh` binary to run the node with [default: this executable, or the crate's
     /// binary under `cargo bench`].
     #[arg(long, value_name = "PATH")]
@@ -127,6 +150,7 @@ impl Default for FanoutArgs {
             limit_packets: 200_000,
             limit_reps: 3,
             limit_only: false,
+            srtp_profile: None,
             node_bin: None,
             node_log: "warn,pipemesh::node=info".into(),
             verbose: false,
@@ -467,8 +491,8 @@ impl fmt::Display for FanoutReport {
         writeln!(
             f,
             "Targets: >= 500k pkt/s/core (GCM), >= 300k (AES-CM), p99 < 200 µs below \
-             saturation, < 50 KiB per idle consumer. Only GCM is measured through the node (the \
-             bots and the node both prefer it)."
+             saturation, < 50 KiB per idle consumer. The node and the bots negotiate GCM unless \
+             --srtp-profile cm makes the bots offer only AES-CM."
         )?;
         if !self.node_problems.is_empty() {
             writeln!(f, "Node WARN/ERROR lines:")?;
@@ -555,7 +579,8 @@ async fn fan_out(
     let room = format!("fanout-{}-{n}", std::process::id());
     tokio::time::sleep(SETTLE).await;
     let rss0 = rss(node)?;
-    let mut consumers = join_consumers(&url, &room, n).await?;
+    let profile = args.srtp_profile.map(SrtpProfileArg::profile);
+    let mut consumers = join_consumers(&url, &room, n, profile).await?;
     tokio::time::sleep(SETTLE).await;
     let rss1 = rss(node)?;
     progress!(
@@ -566,6 +591,7 @@ async fn fan_out(
     p.consume = false;
     p.audio = false;
     p.video_rate = Some(video_rate(args.pps, args.fps, args.payload)?);
+    p.srtp_profile = profile;
     let publisher = join_bot(p).await?;
     for c in &mut consumers {
         wait_media(c, 1).await?;

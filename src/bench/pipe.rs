@@ -323,7 +323,7 @@ async fn run_scenario(
     p.consume = false;
     let producer = join_bot(p).await?;
 
-    let mut consumers = join_consumers(&consumer_url, room, args.consumers).await?;
+    let mut consumers = join_consumers(&consumer_url, room, args.consumers, None).await?;
     for c in &mut consumers {
         wait_media(c, 2).await?;
     }

@@ -276,11 +276,39 @@ impl DtlsSession {
         role: DtlsRole,
         remote: Vec<Fingerprint>,
         timeout: Duration,
+        emit: F,
+    ) -> Self
+    where
+        F: FnMut(DtlsEvent) + Send + 'static,
+    {
+        Self::start_with_profiles(identity, role, remote, timeout, None, emit)
+    }
+
+    /// [`Self::start`] offering only `profile` for SRTP (`None`: AEAD_AES_128_GCM first, then
+    /// AES_CM_128_HMAC_SHA1_80), e.g. for a benchmark of one profile.
+    pub fn start_with_profiles<F>(
+        identity: &DtlsIdentity,
+        role: DtlsRole,
+        remote: Vec<Fingerprint>,
+        timeout: Duration,
+        profile: Option<crate::srtp::Profile>,
         mut emit: F,
     ) -> Self
     where
         F: FnMut(DtlsEvent) + Send + 'static,
     {
+        let profiles = match profile {
+            None => vec![
+                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+            ],
+            Some(crate::srtp::Profile::AeadAes128Gcm) => {
+                vec![SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm]
+            }
+            Some(crate::srtp::Profile::Aes128CmHmacSha1_80) => {
+                vec![SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80]
+            }
+        };
         let (to_dtls, incoming) = mpsc::channel(DTLS_QUEUE);
         let (outgoing, mut out_rx) = mpsc::channel::<Vec<u8>>(DTLS_QUEUE);
         let conn = Arc::new(ChannelConn {
@@ -290,10 +318,7 @@ impl DtlsSession {
         let is_client = role == DtlsRole::Client;
         let config = DtlsConfig {
             certificates: vec![identity.certificate.clone()],
-            srtp_protection_profiles: vec![
-                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
-                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
-            ],
+            srtp_protection_profiles: profiles,
             extended_master_secret: ExtendedMasterSecretType::Require,
             client_auth: ClientAuthType::RequireAnyClientCert,
             insecure_skip_verify: true,
@@ -441,12 +466,29 @@ mod tests {
         b: &DtlsIdentity,
         client_expects: Vec<Fingerprint>,
     ) -> (Option<SrtpKeys>, Option<SrtpKeys>) {
+        handshake_offering(a, b, client_expects, None).await
+    }
+
+    /// [`handshake`] with the client offering only `profile`.
+    async fn handshake_offering(
+        a: &DtlsIdentity,
+        b: &DtlsIdentity,
+        client_expects: Vec<Fingerprint>,
+        profile: Option<crate::srtp::Profile>,
+    ) -> (Option<SrtpKeys>, Option<SrtpKeys>) {
         let (atx, mut arx) = mpsc::unbounded_channel();
         let (btx, mut brx) = mpsc::unbounded_channel();
         let t = Duration::from_secs(10);
-        let client = DtlsSession::start(a, DtlsRole::Client, client_expects, t, move |e| {
-            let _ = atx.send(e);
-        });
+        let client = DtlsSession::start_with_profiles(
+            a,
+            DtlsRole::Client,
+            client_expects,
+            t,
+            profile,
+            move |e| {
+                let _ = atx.send(e);
+            },
+        );
         let server = DtlsSession::start(
             b,
             DtlsRole::Server,
@@ -486,6 +528,23 @@ mod tests {
         assert_eq!(ck.local_key, sk.remote_key);
         assert_eq!(ck.remote_salt, sk.local_salt);
         assert_ne!(ck.local_key, ck.remote_key);
+    }
+
+    #[tokio::test]
+    async fn gcm_is_preferred_and_a_client_may_offer_only_aes_cm() {
+        let (a, b) = (
+            DtlsIdentity::generate().unwrap(),
+            DtlsIdentity::generate().unwrap(),
+        );
+        let (ck, _) = handshake(&a, &b, b.fingerprints().to_vec()).await;
+        let name = |p: ProtectionProfile| format!("{p:?}");
+        assert_eq!(name(ck.expect("keys").profile), "AeadAes128Gcm");
+        let only_cm = Some(crate::srtp::Profile::Aes128CmHmacSha1_80);
+        let (ck, sk) = handshake_offering(&a, &b, b.fingerprints().to_vec(), only_cm).await;
+        let (ck, sk) = (ck.expect("client keys"), sk.expect("server keys"));
+        assert_eq!(name(ck.profile), "Aes128CmHmacSha1_80");
+        assert_eq!(name(sk.profile), "Aes128CmHmacSha1_80");
+        assert_eq!(ck.local_key, sk.remote_key);
     }
 
     #[tokio::test]

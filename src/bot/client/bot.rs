@@ -56,6 +56,8 @@ pub struct BotOptions {
     /// Overrides the plain (non-simulcast) VP8 source's rate; `None` keeps [`VideoConfig`]'s
     /// defaults.
     pub video_rate: Option<VideoRate>,
+    /// Offer only this SRTP profile in DTLS (`None`: GCM first, then AES-CM, as the node).
+    pub srtp_profile: Option<crate::srtp::Profile>,
 }
 
 /// Rate settings of a bot's VP8 source (see [`VideoConfig`]): `fps` frames of
@@ -88,6 +90,7 @@ impl BotOptions {
             token: None,
             simulcast: None,
             video_rate: None,
+            srtp_profile: None,
         }
     }
 }
@@ -196,7 +199,7 @@ impl Bot {
                             "role": "client", "fingerprints": identity.fingerprints()}}),
                     )
                     .await?;
-                BotTransport::open(&info, opts.tcp, &identity, s).await
+                BotTransport::open(&info, opts.tcp, &identity, s, opts.srtp_profile).await
             }
         };
         let produce = opts.audio || opts.video;

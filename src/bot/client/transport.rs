@@ -199,6 +199,7 @@ impl BotTransport {
         tcp: bool,
         identity: &DtlsIdentity,
         seed: u64,
+        srtp_profile: Option<crate::srtp::Profile>,
     ) -> Result<Self, BotError> {
         let remote = info.candidate(tcp)?;
         let io = if tcp {
@@ -225,6 +226,7 @@ impl BotTransport {
             io,
             ice: IceController::new(now, &info.ice_parameters, seed),
             identity: identity.clone(),
+            srtp_profile,
             remote_fingerprints: info.dtls_parameters.fingerprints.clone(),
             dtls: None,
             dtls_tx,
@@ -337,6 +339,8 @@ struct Driver {
     io: Io,
     ice: IceController,
     identity: DtlsIdentity,
+    /// The only SRTP profile offered, if restricted.
+    srtp_profile: Option<crate::srtp::Profile>,
     remote_fingerprints: Vec<Fingerprint>,
     dtls: Option<DtlsSession>,
     dtls_tx: mpsc::Sender<DtlsEvent>,
@@ -555,11 +559,12 @@ impl Driver {
                         });
                         if self.dtls.is_none() {
                             let tx = self.dtls_tx.clone();
-                            self.dtls = Some(DtlsSession::start(
+                            self.dtls = Some(DtlsSession::start_with_profiles(
                                 &self.identity,
                                 DtlsRole::Client,
                                 self.remote_fingerprints.clone(),
                                 BOT_DTLS_TIMEOUT,
+                                self.srtp_profile,
                                 move |ev| {
                                     let _ = tx.try_send(ev);
                                 },
