@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput};
+use pipemesh::bench::fanout::limit::{keys, packet};
 use pipemesh::srtp::{Profile, SrtpContext};
 use webrtc_srtp::context::Context;
 
@@ -39,27 +40,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-const PAYLOAD: usize = 1200;
-const SSRC: u32 = 0x1234_5678;
-
-fn packet(seq: u16) -> Vec<u8> {
-    let mut p = vec![0x90, 96];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
-    p.extend_from_slice(&SSRC.to_be_bytes());
-    // One-byte-header extension (abs-send-time, transport-cc), as the SFU sends.
-    p.extend_from_slice(&[0xBE, 0xDE, 0x00, 0x02, 0x32, 1, 2, 3, 0x51, 0, 7, 0]);
-    p.extend((0..PAYLOAD).map(|i| i as u8));
-    p
-}
-
-fn keys(profile: Profile) -> (Vec<u8>, Vec<u8>) {
-    (
-        (0..16).collect(),
-        (100..100 + profile.salt_len() as u8).collect(),
-    )
-}
 
 fn ours(profile: Profile) -> SrtpContext {
     let (k, s) = keys(profile);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::task::JoinSet;
 
-use crate::bot::client::{Bot, BotOptions};
+use crate::bot::client::{Bot, BotOptions, StreamStats};
 
 /// How long joining a bot, its consumers appearing and their first media may take.
 pub const SETUP_WAIT: Duration = Duration::from_secs(30);
@@ -70,4 +70,16 @@ pub async fn wait_media(bot: &mut Bot, consumers: usize) -> Result<()> {
     .await
     .with_context(|| format!("{} waiting for media", bot.peer_id()))?;
     Ok(())
+}
+
+/// Every consumer bot's stream statistics, and the RTP packets their receiving transports got
+/// in all (read at a window boundary).
+pub async fn consumer_stats(consumers: &[Bot]) -> Result<(Vec<Vec<StreamStats>>, u64)> {
+    let mut stats = Vec::with_capacity(consumers.len());
+    let mut received = 0;
+    for c in consumers {
+        stats.push(c.stats().await.context("consumer statistics")?);
+        received += c.recv_transport().map_or(0, |t| t.state().rtp_received);
+    }
+    Ok((stats, received))
 }

@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::bots::{join_bot, join_consumers, wait_media};
+use super::bots::{consumer_stats, join_bot, join_consumers, wait_media};
 use super::cpu::{host_busy, process_cpu_time};
 use super::process::{Metrics, NodeProcess};
 use super::summary::{median, Latency};
@@ -660,12 +660,7 @@ impl Snapshot {
         let bots_cpu = process_cpu_time(0).context("CPU time of the bench process")?;
         let host_busy = host_busy().map(|(b, _)| b);
         let metrics = node.metrics().await?;
-        let mut stats = Vec::with_capacity(consumers.len());
-        let mut received = 0;
-        for c in consumers {
-            stats.push(c.stats().await.context("consumer statistics")?);
-            received += c.recv_transport().map_or(0, |t| t.state().rtp_received);
-        }
+        let (stats, received) = consumer_stats(consumers).await?;
         Ok(Snapshot {
             at,
             node_cpu,

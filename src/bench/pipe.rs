@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::bots::{join_bot, join_consumers, wait_media, SETUP_WAIT};
+use super::bots::{consumer_stats, join_bot, join_consumers, wait_media, SETUP_WAIT};
 use super::cpu::{host_busy, process_cpu_time};
 use super::process::{Metrics, NodeProcess, PipeSettings};
 use super::summary::{Latency, Report, Summary, Window};
@@ -409,12 +409,7 @@ impl Snapshot {
         for n in nodes {
             metrics.push(n.metrics().await?);
         }
-        let mut stats = Vec::with_capacity(consumers.len());
-        let mut received = 0;
-        for c in consumers {
-            stats.push(c.stats().await.context("consumer statistics")?);
-            received += c.recv_transport().map_or(0, |t| t.state().rtp_received);
-        }
+        let (stats, received) = consumer_stats(consumers).await?;
         Ok(Snapshot {
             at,
             cpu,

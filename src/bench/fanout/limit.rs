@@ -16,7 +16,8 @@ use crate::srtp::{Profile, SrtpContext};
 pub const PAYLOAD: usize = 1200;
 /// Datagrams per `sendmmsg` call.
 pub const BATCH: usize = 32;
-const SSRC: u32 = 0x1234_5678;
+/// SSRC of [`packet`]s.
+pub const SSRC: u32 = 0x1234_5678;
 
 /// One SRTP implementation and profile: packets per CPU-second.
 #[derive(Debug, Clone, PartialEq)]
@@ -191,8 +192,9 @@ fn median_of(reps: usize, mut f: impl FnMut() -> Result<f64>) -> Result<f64> {
     Ok(median(&v))
 }
 
-/// An RTP packet with the two one-byte header extensions the SFU sends and `PAYLOAD` bytes.
-fn packet(seq: u16) -> Vec<u8> {
+/// An RTP packet with the two one-byte header extensions the SFU sends (abs-send-time,
+/// transport-cc) and [`PAYLOAD`] bytes (also `cargo bench --bench srtp`'s packet).
+pub fn packet(seq: u16) -> Vec<u8> {
     let mut p = vec![0x90, 96];
     p.extend_from_slice(&seq.to_be_bytes());
     p.extend_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
@@ -202,7 +204,8 @@ fn packet(seq: u16) -> Vec<u8> {
     p
 }
 
-fn keys(profile: Profile) -> (Vec<u8>, Vec<u8>) {
+/// A fixed master key and salt of the right lengths for `profile`.
+pub fn keys(profile: Profile) -> (Vec<u8>, Vec<u8>) {
     (
         (0..16).collect(),
         (100..100 + profile.salt_len() as u8).collect(),
