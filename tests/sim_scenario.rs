@@ -3,7 +3,7 @@
 //! node). Scenario 1 runs with tree and with full-mesh routing: the copy counts each routing
 //! must give, fewer bytes across regions for the tree, video at every listener, the report
 //! and its plots. Scenario 4 limits eu>us below the speaker's simulcast: eu1 sheds the top
-//! layer toward us only.
+//! layer toward us only, the link stops overflowing and us listeners keep their video.
 
 use std::path::Path;
 use std::process::Command;
@@ -117,9 +117,20 @@ fn congested_link_sheds_upper_layers_toward_that_region_only() {
         .unwrap_or_else(|| panic!("never shed: {r}"));
     assert!(first < 12.0, "{r}");
     assert!(r["maxShed"].as_u64().unwrap() >= 1, "{r}");
-    // us listeners end on a lower layer; eu and ap keep the top one.
+    // What is withheld fits the link: few drops at its queue, and us listeners keep their
+    // video (without shedding: ~80% of the link's packets dropped, ~75% video lost).
+    let (offered, dropped) = (
+        r["linkDrops"][0].as_f64().unwrap(),
+        r["linkDrops"][1].as_f64().unwrap(),
+    );
+    assert!(offered > 0.0 && dropped / offered < 0.1, "{r}");
+    let (lost, expected) = (
+        r["videoLoss"]["us"][0].as_f64().unwrap(),
+        r["videoLoss"]["us"][1].as_f64().unwrap(),
+    );
+    assert!(expected > 0.0 && lost / expected < 0.1, "{r}");
+    // eu and ap keep the top layer, without loss.
     let sizes = |g: &str| r["lastSizes"][g].as_object().cloned().unwrap_or_default();
-    assert!(!sizes("us").contains_key("640x480"), "{r}");
     for g in ["eu", "ap"] {
         assert_eq!(sizes(g).get("640x480"), Some(&Value::from(3)), "{g}: {r}");
         assert_eq!(r["videoLoss"][g][0], 0, "{g}: {r}");
